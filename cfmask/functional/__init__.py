@@ -1,0 +1,3 @@
+"""Pure tensor functions behind the cfmask components."""
+
+__all__: tuple[str, ...] = ()
