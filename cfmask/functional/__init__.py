@@ -1,3 +1,27 @@
 """Pure tensor functions behind the cfmask components."""
 
-__all__: tuple[str, ...] = ()
+from cfmask.functional.masking import (
+    keep_index_from_mask,
+    multi_image_donors,
+    normalize_by_max,
+    random_keep_count_mask,
+    random_patch_mask,
+    refill_from_donors,
+    single_image_donors,
+    threshold_mask,
+)
+from cfmask.functional.patches import check_grid, check_patch_mask, patch_mask_to_pixels
+
+__all__: tuple[str, ...] = (
+    "check_grid",
+    "check_patch_mask",
+    "keep_index_from_mask",
+    "multi_image_donors",
+    "normalize_by_max",
+    "patch_mask_to_pixels",
+    "random_keep_count_mask",
+    "random_patch_mask",
+    "refill_from_donors",
+    "single_image_donors",
+    "threshold_mask",
+)

@@ -1,0 +1,128 @@
+"""Pure functions that relate patch masks to pixels.
+
+A patch mask is a ``torch.bool`` tensor of shape ``(B, N)`` over the patch tokens
+of a ViT, in row-major order over the ``(h, w)`` patch grid, with ``N = h * w``
+and ``True`` meaning "replace this patch". These helpers turn such a mask into a
+pixel mask and check that images fit the patch grid.
+
+References:
+    [0] Xiao et al., *Masked Images Are Counterfactual Samples for Robust
+    Fine-tuning*, CVPR 2023, arXiv:2303.03052 (Sec. 3.2: patches are masked and
+    refilled on the ViT patch grid).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ("check_grid", "check_patch_mask", "patch_mask_to_pixels")
+
+
+def check_grid(images: Tensor, patch_size: int) -> tuple[int, int]:
+    """Return the patch grid of a batch of images.
+
+    Args:
+        images: ``(B, C, H, W)`` batch.
+        patch_size: Side of one square patch, in pixels.
+
+    Returns:
+        ``(h, w) = (H // patch_size, W // patch_size)``.
+
+    Raises:
+        ValueError: If ``images`` is not 4-D, ``patch_size`` is not positive, or
+            ``H`` or ``W`` is not a multiple of ``patch_size``.
+
+    Example:
+        >>> import torch
+        >>> check_grid(torch.zeros(2, 3, 32, 48), patch_size=16)
+        (2, 3)
+    """
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be a positive number of pixels, got {patch_size}")
+    height, width = images.shape[-2:]
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"image size {height}x{width} is not divisible by the patch size {patch_size}; "
+            f"resize or crop the images to a multiple of {patch_size} pixels on each side "
+            f"(e.g. the backbone's data_config.image_size)."
+        )
+    return height // patch_size, width // patch_size
+
+
+def check_patch_mask(images: Tensor, mask: Tensor, patch_size: int) -> tuple[int, int]:
+    """Check that a patch mask fits a batch of images and return the patch grid.
+
+    Args:
+        images: ``(B, C, H, W)`` batch.
+        mask: ``(B, N)`` bool patch mask with ``N = (H // patch_size) * (W // patch_size)``.
+        patch_size: Side of one square patch, in pixels.
+
+    Returns:
+        The patch grid ``(h, w)``.
+
+    Raises:
+        ValueError: If the images do not fit the patch size, the mask is not
+            ``torch.bool``, or its shape is not ``(B, h * w)``.
+
+    Example:
+        >>> import torch
+        >>> check_patch_mask(torch.zeros(2, 3, 8, 8), torch.zeros(2, 4, dtype=torch.bool), 4)
+        (2, 2)
+    """
+    grid = check_grid(images, patch_size)
+    if mask.dtype != torch.bool:
+        raise ValueError(
+            f"the patch mask must be a torch.bool tensor (True = replace), got {mask.dtype}; "
+            f"convert it with mask.bool() or build it with a comparison."
+        )
+    expected = (images.shape[0], grid[0] * grid[1])
+    if tuple(mask.shape) != expected:
+        raise ValueError(
+            f"the patch mask has shape {tuple(mask.shape)} but images of shape "
+            f"{tuple(images.shape)} with patch size {patch_size} need (B, N) = {expected} "
+            f"(a {grid[0]}x{grid[1]} grid, row-major, prefix tokens excluded)."
+        )
+    return grid
+
+
+def patch_mask_to_pixels(mask: Tensor, grid: tuple[int, int], patch_size: int) -> Tensor:
+    """Upsample a patch mask to pixels by nearest-neighbour repetition.
+
+    Each patch becomes one ``patch_size x patch_size`` block, exactly as the
+    reference code does with ``TF.resize(..., InterpolationMode.NEAREST)``, so pixel
+    masks are always patch-aligned.
+
+    Args:
+        mask: ``(B, N)`` bool patch mask, row-major over the grid, ``True`` = replace.
+        grid: Patch grid ``(h, w)`` with ``N = h * w``.
+        patch_size: Side of one square patch, in pixels.
+
+    Returns:
+        ``(B, 1, h * patch_size, w * patch_size)`` bool pixel mask, broadcastable
+        over the channels of a ``(B, C, H, W)`` batch.
+
+    Raises:
+        ValueError: If ``mask`` is not 2-D with ``N = h * w`` columns.
+
+    Example:
+        >>> import torch
+        >>> mask = torch.tensor([[True, False, False, True]])
+        >>> patch_mask_to_pixels(mask, (2, 2), patch_size=2)[0, 0].int()
+        tensor([[1, 1, 0, 0],
+                [1, 1, 0, 0],
+                [0, 0, 1, 1],
+                [0, 0, 1, 1]], dtype=torch.int32)
+    """
+    h, w = grid
+    if mask.ndim != 2 or mask.shape[1] != h * w:
+        raise ValueError(
+            f"expected a (B, N) patch mask with N = {h}*{w} = {h * w}, "
+            f"got shape {tuple(mask.shape)}."
+        )
+    batch = mask.shape[0]
+    blocks = mask.reshape(batch, 1, h, 1, w, 1)
+    blocks = blocks.expand(batch, 1, h, patch_size, w, patch_size)
+    return blocks.reshape(batch, 1, h * patch_size, w * patch_size)
