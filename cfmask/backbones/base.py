@@ -15,7 +15,7 @@ from abc import abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from cfmask.components import Component
 
@@ -109,6 +109,10 @@ class VisionBackbone(Component):
         Returns:
             ``(B, D)`` features (for CLIP: the un-normalised projected embedding).
         """
+
+    @abstractmethod
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the classification head ``g`` (trained alone in linear probing)."""
 
     @abstractmethod
     def forward_head(self, features: Tensor) -> Tensor:
