@@ -10,7 +10,8 @@ back through it.
 References:
     [0] Xiao et al., *Masked Images Are Counterfactual Samples for Robust
     Fine-tuning*, CVPR 2023, arXiv:2303.03052, Sec. 3.2 (single-image and
-    multi-image refilling) and Sec. 5 (masking without refilling).
+    multi-image refilling; dropping masked patches as in MAE) and Sec. 4.2
+    (the "no-fill" baseline).
 """
 
 from __future__ import annotations
@@ -208,11 +209,11 @@ class ConstantRefiller(Refiller):
 class TokenDropRefiller(Refiller):
     """Drop the masked patch tokens inside the backbone instead of refilling.
 
-    The reference's ``RandMaskNoFill`` ([0], Sec. 5; reference-behaviour §2.2):
-    the pixels are left as they are and the backbone keeps only the unmasked
-    patch tokens after the positional embedding (MAE-style), which also saves
-    compute. Every image must keep the same number of patches, so pair it with
-    ``RandomMasker(exact_count=True)``.
+    The reference's ``RandMaskNoFill`` ([0], Secs. 3.2 and 4.2;
+    reference-behaviour §2.2): the pixels are left as they are and the backbone
+    keeps only the unmasked patch tokens after the positional embedding
+    (MAE-style), which also saves compute. Every image must keep the same
+    number of patches, so pair it with ``RandomMasker(exact_count=True)``.
 
     Example:
         >>> import torch
@@ -248,7 +249,7 @@ class TokenDropRefiller(Refiller):
 class AttentionMaskRefiller(Refiller):
     """Hide the masked patch tokens as attention keys instead of refilling.
 
-    The reference's ``ObjMaskNoFill`` / ``CtxMaskNoFill`` ([0], Sec. 5;
+    The reference's ``ObjMaskNoFill`` / ``CtxMaskNoFill`` ([0], Secs. 3.2 and 4.2;
     reference-behaviour §2.2): the pixels are left as they are and, in every
     block, no query may attend to a masked patch token. The masked tokens are
     still computed (no compute saving) but never influence the class token, so
