@@ -419,6 +419,12 @@ class CounterfactualFineTuner(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler: LRScheduler
         if hp["schedule"] == "onecycle":
+            if hp["pct_start"] * total < 2:
+                raise ValueError(
+                    f"schedule='onecycle' with pct_start={hp['pct_start']} leaves less than 2 "
+                    f"warm-up steps out of {total}; train for more steps, raise pct_start, or "
+                    "use schedule='warmup_cosine'."
+                )
             scheduler = OneCycleLR(
                 optimizer, max_lr=hp["lr"], total_steps=total, pct_start=hp["pct_start"],
                 anneal_strategy="cos", cycle_momentum=True,
