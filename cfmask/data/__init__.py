@@ -1,0 +1,91 @@
+"""Data for robust fine-tuning: ImageNet, the five OOD test sets, user folders, metrics.
+
+See ``docs/data.md`` for layouts, folder aliases, the evaluation protocol and
+expected image counts.
+"""
+
+from cfmask.data.cache import CachedImageDataset, build_cache, open_or_build_cache
+from cfmask.data.datamodule import (
+    FOLDER_ALIASES,
+    OOD_SETS,
+    ImageFolderDataModule,
+    ImageNetOODDataModule,
+    resolve_set_root,
+    stratified_split,
+)
+from cfmask.data.folder import (
+    CorruptImageError,
+    DataLayoutError,
+    DataLayoutWarning,
+    FolderImageDataset,
+    TruncatedDatasetWarning,
+)
+from cfmask.data.imagenet import (
+    EXPECTED_COUNTS,
+    ImageNet,
+    imagenet_a_wnids,
+    imagenet_class_names,
+    imagenet_r_wnids,
+    imagenet_wnids,
+)
+from cfmask.data.metrics import (
+    EvalSet,
+    SubsetAccuracy,
+    make_test_metrics,
+    ood_average,
+    project_logits,
+    restrict_logits,
+    results_table,
+    top1_correct,
+    write_results,
+)
+from cfmask.data.ood import (
+    ImageNetA,
+    ImageNetR,
+    ImageNetSketch,
+    ImageNetV2,
+    ObjectNet,
+    load_objectnet_mapping,
+)
+from cfmask.data.transforms import eval_transform, train_transform, transforms_from_config
+
+__all__ = (
+    "EXPECTED_COUNTS",
+    "FOLDER_ALIASES",
+    "OOD_SETS",
+    "CachedImageDataset",
+    "CorruptImageError",
+    "DataLayoutError",
+    "DataLayoutWarning",
+    "EvalSet",
+    "FolderImageDataset",
+    "ImageFolderDataModule",
+    "ImageNet",
+    "ImageNetA",
+    "ImageNetOODDataModule",
+    "ImageNetR",
+    "ImageNetSketch",
+    "ImageNetV2",
+    "ObjectNet",
+    "SubsetAccuracy",
+    "TruncatedDatasetWarning",
+    "build_cache",
+    "eval_transform",
+    "imagenet_a_wnids",
+    "imagenet_class_names",
+    "imagenet_r_wnids",
+    "imagenet_wnids",
+    "load_objectnet_mapping",
+    "make_test_metrics",
+    "ood_average",
+    "open_or_build_cache",
+    "project_logits",
+    "resolve_set_root",
+    "restrict_logits",
+    "results_table",
+    "stratified_split",
+    "top1_correct",
+    "train_transform",
+    "transforms_from_config",
+    "write_results",
+)

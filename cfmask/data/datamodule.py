@@ -1,0 +1,740 @@
+"""LightningDataModules: ImageNet + the five OOD sets, and user image folders.
+
+Both modules share one loader policy: ``num_workers`` processes (default
+``min(8, CPUs)``), pinned memory and persistent workers when training on a
+GPU, ``drop_last=True`` for training (the counterfactual refill pairs images
+inside equal-size batches), and a fixed test-loader order: the ID set first,
+then the OOD sets, with names in :attr:`test_set_names` and per-set protocol
+in :attr:`eval_sets` (index ``i`` describes ``dataloader_idx == i``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from cfmask.data.cache import open_or_build_cache
+from cfmask.data.folder import (
+    DataLayoutError,
+    FolderImageDataset,
+    SkipLog,
+    collate_skipping,
+    list_class_folders,
+    list_images,
+)
+from cfmask.data.imagenet import ImageNet, imagenet_class_names
+from cfmask.data.metrics import EvalSet
+from cfmask.data.ood import ImageNetA, ImageNetR, ImageNetSketch, ImageNetV2, ObjectNet
+from cfmask.data.transforms import eval_transform, train_transform
+
+__all__ = (
+    "FOLDER_ALIASES",
+    "OOD_SETS",
+    "ImageFolderDataModule",
+    "ImageNetOODDataModule",
+    "resolve_set_root",
+    "stratified_split",
+)
+
+_log = logging.getLogger(__name__)
+
+OODSet = Literal["imagenet_v2", "imagenet_r", "imagenet_sketch", "objectnet", "imagenet_a"]
+
+#: The five OOD sets, in the reference's evaluation order.
+OOD_SETS: tuple[OODSet, ...] = (
+    "imagenet_v2",
+    "imagenet_r",
+    "imagenet_sketch",
+    "objectnet",
+    "imagenet_a",
+)
+
+#: Folder names searched under ``root`` for each set, first match wins.
+FOLDER_ALIASES: dict[str, tuple[str, ...]] = {
+    "imagenet": ("imagenet", "ILSVRC2012", "ImageNet", "imagenet-1k", "ILSVRC/Data/CLS-LOC"),
+    "imagenet_v2": (
+        "imagenetv2-matched-frequency-format-val",
+        "imagenetv2-matched-frequency",
+        "ImageNetV2-matched-frequency",
+        "imagenet-v2",
+        "imagenetv2",
+        "imagenet_v2",
+    ),
+    "imagenet_r": ("imagenet-r", "imagenet_r", "ImageNet-R"),
+    "imagenet_sketch": (
+        "imagenet-sketch/sketch",
+        "imagenet-sketch",
+        "imagenet_sketch",
+        "ImageNet-Sketch",
+        "sketch",
+    ),
+    "objectnet": ("objectnet-1.0", "objectnet", "ObjectNet"),
+    "imagenet_a": ("imagenet-a", "imagenet_a", "ImageNet-A"),
+}
+
+
+def resolve_set_root(
+    name: str, root: str | os.PathLike[str] | None, explicit: str | os.PathLike[str] | None
+) -> Path:
+    """Find a set's directory: the explicit path, else the first alias under ``root``.
+
+    Args:
+        name: Set key (``"imagenet"`` or one of :data:`OOD_SETS`).
+        root: Common data root, or ``None``.
+        explicit: The set's own root, which wins if given.
+
+    Returns:
+        The directory.
+
+    Raises:
+        DataLayoutError: Nothing found; the message lists every path tried.
+    """
+    if explicit is not None:
+        p = Path(explicit)
+        if name == "objectnet" and p.name == "images" and (p.parent / "mappings").is_dir():
+            p = p.parent
+        if not p.is_dir():
+            raise DataLayoutError(f"{name}: directory not found: {p} (given explicitly)")
+        return p
+    if root is None:
+        raise DataLayoutError(f"{name}: no root given; pass root= or {name}_root=")
+    tried = [Path(root) / a for a in FOLDER_ALIASES[name]]
+    for p in tried:
+        if p.is_dir():
+            return p
+    raise DataLayoutError(
+        f"{name}: not found under {root}; tried "
+        + ", ".join(str(t) for t in tried)
+        + ". Nothing is downloaded: place the set there (see docs/data.md) or pass "
+        f"{name}_root=."
+    )
+
+
+def stratified_split(labels: Tensor, val_size: int | float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Split sample indices into train and held-out parts with per-class proportions.
+
+    Each class gets ``floor(n_c * V / N)`` held-out samples; the remaining
+    ``V - sum`` go to the classes with the largest fractional parts (ties broken
+    at random with ``seed``). Within a class the held-out samples are a seeded
+    random choice. Same idea as scikit-learn's stratified ``train_test_split``,
+    but not the same random draw.
+
+    Args:
+        labels: ``(N,)`` integer class of every sample.
+        val_size: Held-out count (``int``) or fraction of ``N`` (``float`` in (0, 1)).
+        seed: Random seed.
+
+    Returns:
+        ``(train_idx, val_idx)``: sorted long tensors that partition ``range(N)``.
+
+    Example:
+        >>> tr, va = stratified_split(torch.tensor([0, 0, 0, 0, 1, 1]), 3, seed=0)
+        >>> len(tr), len(va), torch.bincount(torch.tensor([0, 0, 0, 0, 1, 1])[va]).tolist()
+        (3, 3, [2, 1])
+    """
+    n = int(labels.numel())
+    v = round(val_size * n) if isinstance(val_size, float) else int(val_size)
+    if isinstance(val_size, float) and not 0.0 < val_size < 1.0:
+        raise ValueError(f"a fractional val_size must lie in (0, 1), got {val_size}")
+    if not 0 <= v < n:
+        raise ValueError(f"val_size={val_size} must leave training samples; there are {n}")
+    g = torch.Generator().manual_seed(seed)
+    classes, counts = torch.unique(labels, return_counts=True)
+    quota = counts.double() * v / n
+    base = quota.floor().long()
+    rest = v - int(base.sum())
+    if rest > 0:
+        frac = quota - base.double()
+        tiebreak = torch.rand(len(classes), generator=g, dtype=torch.float64)
+        order = sorted(range(len(classes)), key=lambda i: (-float(frac[i]), float(tiebreak[i])))
+        for i in order[:rest]:
+            base[i] += 1
+    val_parts = []
+    for c, k in zip(classes.tolist(), base.tolist(), strict=True):
+        if k == 0:
+            continue
+        idx = (labels == c).nonzero().squeeze(1)
+        val_parts.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    val_idx = torch.cat(val_parts).sort().values if val_parts else torch.empty(0, dtype=torch.long)
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[val_idx] = False
+    return mask.nonzero().squeeze(1), val_idx
+
+
+def _subset(ds: FolderImageDataset, name: str, idx: Tensor, transform: Any) -> FolderImageDataset:
+    """A new set over ``ds``'s samples ``idx`` with its own name and transform."""
+    samples = [(ds.samples[i].path, ds.samples[i].class_index) for i in idx.tolist()]
+    return FolderImageDataset(
+        name,
+        ds.root,
+        ds.folders,
+        ds.targets,
+        transform=transform,
+        expected_count=None,
+        skip_corrupt=ds.skip_corrupt,
+        skip_log=ds.skip_log,
+        samples=samples,
+        num_classes=ds.num_classes,
+        class_subset=ds.class_subset,
+        multi_label=ds.multi_label,
+        layout=ds.layout,
+    )
+
+
+class _ImageDataModule(LightningDataModule):
+    """Loader policy, caching and eval-set bookkeeping shared by both datamodules."""
+
+    id_name: str
+
+    def __init__(
+        self,
+        batch_size: int,
+        eval_batch_size: int | None,
+        num_workers: int | None,
+        image_size: int,
+        interpolation: str,
+        augment: bool,
+        pin_memory: bool | None,
+        persistent_workers: bool | None,
+        skip_corrupt: bool,
+        cache_dir: str | None,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        if num_workers is None:
+            num_workers = min(
+                8,
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else (os.cpu_count() or 1),
+            )
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.interpolation = interpolation
+        self.augment = augment
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.skip_corrupt = skip_corrupt
+        self.cache_dir = cache_dir
+        self.train_tf = train_transform(image_size, interpolation, augment)
+        self.eval_tf = eval_transform(image_size, interpolation)
+        self._skip_dir = Path(tempfile.mkdtemp(prefix="cfmask-skipped-")) if skip_corrupt else None
+        self.train_set: Dataset[Any] | None = None
+        self.val_set: Dataset[Any] | None = None
+        self.test_sets: dict[str, Dataset[Any]] = {}
+        self._eval_sets: dict[str, EvalSet] = {}
+
+    # -- helpers ------------------------------------------------------------------
+    def _skip_log(self, name: str) -> SkipLog | None:
+        return SkipLog(self._skip_dir / f"{name}.txt") if self._skip_dir is not None else None
+
+    def skipped_images(self) -> dict[str, list[str]]:
+        """Set name → paths of images skipped as undecodable (``skip_corrupt=True``)."""
+        if self._skip_dir is None:
+            return {}
+        out = {p.stem: SkipLog(p).read() for p in sorted(self._skip_dir.glob("*.txt"))}
+        return {k: v for k, v in out.items() if v}
+
+    def _on_gpu(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            from lightning.pytorch.accelerators import CUDAAccelerator
+
+            return isinstance(trainer.accelerator, CUDAAccelerator)
+        return torch.cuda.is_available()
+
+    def _maybe_cache(self, ds: FolderImageDataset) -> Dataset[Any]:
+        if self.cache_dir is None:
+            return ds
+        return open_or_build_cache(
+            ds, self.cache_dir, self.image_size, self.interpolation, self.num_workers
+        )
+
+    def _register(self, ds: FolderImageDataset, is_id: bool = False) -> None:
+        self._eval_sets[ds.name] = EvalSet(
+            name=ds.name,
+            class_subset=ds.class_subset,
+            multi_label=ds.multi_label,
+            num_classes=ds.num_classes,
+            num_samples=len(ds),
+            expected_samples=ds.expected_count,
+            is_id=is_id,
+        )
+
+    def _loader(self, ds: Dataset[Any], train: bool) -> DataLoader[Any]:
+        gpu = self._on_gpu()
+        pin = gpu if self.pin_memory is None else self.pin_memory
+        persist = gpu if self.persistent_workers is None else self.persistent_workers
+        persist = persist and self.num_workers > 0
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=pin,
+            persistent_workers=persist,
+            collate_fn=collate_skipping,
+        )
+
+    # -- public API ---------------------------------------------------------------
+    @property
+    def test_set_names(self) -> list[str]:
+        """Names of the test loaders, in :meth:`test_dataloader` order (ID first)."""
+        return list(self.test_sets)
+
+    @property
+    def eval_sets(self) -> list[EvalSet]:
+        """Protocol of each test loader (same order as :attr:`test_set_names`)."""
+        return [self._eval_sets[n] for n in self.test_sets]
+
+    @property
+    def val_eval_set(self) -> EvalSet | None:
+        """Protocol of the validation loader (all classes, single-label)."""
+        return self._eval_sets.get("val")
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        """Shuffled training batches of ``batch_size`` (last incomplete batch dropped)."""
+        if self.train_set is None:
+            raise RuntimeError("call setup('fit') first")
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        """The held-out validation split, for best-checkpoint selection."""
+        if self.val_set is None:
+            raise RuntimeError("call setup('fit') or setup('validate') first")
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> list[DataLoader[Any]]:
+        """One loader per test set: ID first, then the OOD sets (see :attr:`eval_sets`)."""
+        if not self.test_sets:
+            raise RuntimeError("call setup('test') first")
+        return [self._loader(ds, train=False) for ds in self.test_sets.values()]
+
+    def predict_dataloader(self) -> list[DataLoader[Any]]:
+        """Same loaders as :meth:`test_dataloader`."""
+        return self.test_dataloader()
+
+
+class ImageNetOODDataModule(_ImageDataModule):
+    """ImageNet fine-tuning data with the five distribution-shift test sets.
+
+    * train: ImageNet train minus a stratified, seeded held-out split of
+      ``val_size`` images (10,240 in the reference; Xiao et al., CVPR 2023,
+      arXiv:2303.03052, reference notes §3.7);
+    * val: that held-out split (drives best-checkpoint selection);
+    * test: ImageNet val (``"imagenet"``) then the chosen ``ood_sets``.
+
+    Sets are found under ``root`` by their usual folder names
+    (:data:`FOLDER_ALIASES`, e.g. ``sketch/`` or
+    ``imagenetv2-matched-frequency-format-val/``) unless a per-set root is given.
+    Nothing is ever downloaded; missing or malformed sets raise
+    :class:`~cfmask.data.folder.DataLayoutError`, and sets with a wrong image
+    count warn (:class:`~cfmask.data.folder.TruncatedDatasetWarning`).
+
+    Args:
+        root: Common data root holding the sets' folders.
+        imagenet_root: ImageNet directory (with ``train/`` and ``val/``).
+        imagenet_v2_root: ImageNet-V2 matched-frequency directory (folders 0-999).
+        imagenet_r_root: ImageNet-R directory.
+        imagenet_sketch_root: ImageNet-Sketch directory (1000 wnid folders).
+        objectnet_root: ``objectnet-1.0`` directory (``images/`` and ``mappings/``).
+        imagenet_a_root: ImageNet-A directory.
+        ood_sets: OOD sets to test on, in order; default all five.
+        batch_size: Training batch size.
+        eval_batch_size: Validation/test batch size (default ``batch_size``).
+        num_workers: Loader processes (default ``min(8, CPUs)``).
+        image_size: Crop side; take it from the backbone's ``data_config``.
+        interpolation: Resize interpolation; from the backbone's ``data_config``.
+        augment: Use ``RandomResizedCrop(0.9, 1)`` for training (reference: off).
+        val_size: Held-out images taken from train (``int``) or fraction.
+        split_seed: Seed of the held-out split (the reference uses the run seed).
+        pin_memory: Pin host memory; ``None`` → on when training on a GPU.
+        persistent_workers: Keep workers alive between epochs; ``None`` → on GPU.
+        skip_corrupt: Skip (and report in :meth:`skipped_images`) undecodable
+            images instead of raising.
+        cache_dir: If set, cache the evaluation sets' 224-px crops here (see
+            :mod:`cfmask.data.cache`).
+        cache_train: Also cache the training set (needs ``augment=False``; about
+            193 GB at 224 px).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        imagenet_root: str | None = None,
+        imagenet_v2_root: str | None = None,
+        imagenet_r_root: str | None = None,
+        imagenet_sketch_root: str | None = None,
+        objectnet_root: str | None = None,
+        imagenet_a_root: str | None = None,
+        ood_sets: Sequence[OODSet] = OOD_SETS,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = None,
+        image_size: int = 224,
+        interpolation: str = "bicubic",
+        augment: bool = False,
+        val_size: int = 10_240,
+        split_seed: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+        skip_corrupt: bool = False,
+        cache_dir: str | None = None,
+        cache_train: bool = False,
+    ) -> None:
+        super().__init__(
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            image_size,
+            interpolation,
+            augment,
+            pin_memory,
+            persistent_workers,
+            skip_corrupt,
+            cache_dir,
+        )
+        unknown = [s for s in ood_sets if s not in OOD_SETS]
+        if unknown or len(set(ood_sets)) != len(ood_sets):
+            raise ValueError(
+                f"ood_sets must be distinct names from {list(OOD_SETS)}, got {list(ood_sets)}"
+            )
+        if cache_train and augment:
+            raise ValueError("cache_train needs augment=False (cached crops are deterministic)")
+        self.root = root
+        self.roots: dict[str, str | None] = {
+            "imagenet": imagenet_root,
+            "imagenet_v2": imagenet_v2_root,
+            "imagenet_r": imagenet_r_root,
+            "imagenet_sketch": imagenet_sketch_root,
+            "objectnet": objectnet_root,
+            "imagenet_a": imagenet_a_root,
+        }
+        self.ood_sets = list(ood_sets)
+        self.val_size = val_size
+        self.split_seed = split_seed
+        self.cache_train = cache_train
+        self.id_name = "imagenet"
+
+    @property
+    def num_classes(self) -> int:
+        """1000."""
+        return 1000
+
+    @property
+    def class_names(self) -> list[str]:
+        """OpenAI's curated ImageNet class names, in class-index order."""
+        return list(imagenet_class_names())
+
+    def set_root(self, name: str) -> Path:
+        """Directory used for set ``name`` (see :func:`resolve_set_root`)."""
+        return resolve_set_root(name, self.root, self.roots[name])
+
+    def _build_ood(self, name: str) -> FolderImageDataset:
+        d = self.set_root(name)
+        kw: dict[str, Any] = {
+            "transform": self.eval_tf,
+            "skip_corrupt": self.skip_corrupt,
+            "skip_log": self._skip_log(name),
+        }
+        classes = {
+            "imagenet_v2": ImageNetV2,
+            "imagenet_r": ImageNetR,
+            "imagenet_sketch": ImageNetSketch,
+            "objectnet": ObjectNet,
+            "imagenet_a": ImageNetA,
+        }
+        ds: FolderImageDataset = classes[name](d, **kw)
+        return ds
+
+    def setup(self, stage: str | None = None) -> None:
+        """Scan the sets needed for ``stage`` (validating layouts and counts)."""
+        if stage in (None, "fit", "validate") and self.val_set is None:
+            base = self.set_root("imagenet")
+            full = ImageNet(
+                base,
+                "train",
+                transform=None,
+                skip_corrupt=self.skip_corrupt,
+                skip_log=self._skip_log("imagenet_train"),
+            )
+            full.check_count()
+            tr_idx, va_idx = stratified_split(full.class_indices, self.val_size, self.split_seed)
+            train = _subset(full, "imagenet_train", tr_idx, self.train_tf)
+            val = _subset(full, "val", va_idx, self.eval_tf)
+            self.train_set = self._maybe_cache(train) if self.cache_train else train
+            self.val_set = self._maybe_cache(val)
+            self._register(val)
+        if stage in (None, "test", "predict") and not self.test_sets:
+            sets: list[FolderImageDataset] = [
+                ImageNet(
+                    self.set_root("imagenet"),
+                    "val",
+                    transform=self.eval_tf,
+                    skip_corrupt=self.skip_corrupt,
+                    skip_log=self._skip_log("imagenet"),
+                )
+            ]
+            sets += [self._build_ood(n) for n in self.ood_sets]
+            for i, ds in enumerate(sets):
+                ds.check_count()
+                self._register(ds, is_id=i == 0)
+                self.test_sets[ds.name] = self._maybe_cache(ds)
+
+    def prepare_data(self) -> None:
+        """Build the crop caches once per node when ``cache_dir`` is set (no downloads)."""
+        if self.cache_dir is None:
+            return
+        self.setup("test")
+        self.setup("fit")
+
+
+def _folder_set(
+    name: str,
+    root: Path,
+    class_to_idx: Mapping[str, int],
+    transform: Any,
+    skip_corrupt: bool,
+    skip_log: SkipLog | None,
+    restrict: bool,
+) -> FolderImageDataset:
+    """A user folder whose class folders are (a subset of) the ID classes."""
+    if not root.is_dir():
+        raise DataLayoutError(
+            f"{name}: directory not found: {root}. Expected layout: {root}/<class name>/<images>"
+        )
+    found = [f for f in list_class_folders(root) if list_images(root / f)]
+    unknown = [f for f in found if f not in class_to_idx]
+    if unknown:
+        known = sorted(class_to_idx)
+        raise DataLayoutError(
+            f"{name}: class folder(s) under {root} are not classes of the ID set: "
+            f"{', '.join(unknown[:5])}. Known classes: {', '.join(known[:10])}"
+            + (" …" if len(known) > 10 else "")
+        )
+    if not found:
+        raise DataLayoutError(f"{name}: no class folder with images under {root}")
+    targets = [class_to_idx[f] for f in found]
+    subset = None
+    if restrict and len(found) < len(class_to_idx):
+        subset = torch.tensor(sorted(targets), dtype=torch.long)
+    return FolderImageDataset(
+        name,
+        root,
+        found,
+        targets,
+        transform=transform,
+        skip_corrupt=skip_corrupt,
+        skip_log=skip_log,
+        num_classes=len(class_to_idx),
+        class_subset=subset,
+        layout=f"{root}/<class name>/<images>",
+    )
+
+
+class ImageFolderDataModule(_ImageDataModule):
+    """A user's own ID dataset in class folders, plus any number of named OOD folders.
+
+    Layout: ``root/train/<class>/…`` with optional ``root/val`` (or ``valid``,
+    ``validation``) and ``root/test``; or ``root/<class>/…`` directly. A missing
+    validation or test part is carved from the training images with
+    :func:`stratified_split`. Classes are the sorted training folder names;
+    OOD folders must use the same folder names (all classes or a subset; a
+    subset is scored over its own classes only, like ImageNet-R).
+
+    Args:
+        root: Dataset root (see layout above).
+        train_dir: Training folder (overrides ``root``).
+        val_dir: Validation folder.
+        test_dir: ID test folder.
+        ood_roots: OOD set name → folder, tested in the given order.
+        class_names: Human-readable class names for the zero-shot head: a list in
+            class order or a folder → name mapping (default: folder names with
+            ``_`` replaced by spaces).
+        id_name: Name of the ID test set in logs and results.
+        val_size: Held-out count or fraction when there is no validation folder.
+        test_size: Held-out count or fraction when there is no test folder.
+        split_seed: Seed of those splits.
+        batch_size: Training batch size.
+        eval_batch_size: Validation/test batch size.
+        num_workers: Loader processes (default ``min(8, CPUs)``).
+        image_size: Crop side.
+        interpolation: Resize interpolation.
+        augment: Light training augmentation.
+        pin_memory: ``None`` → on when training on a GPU.
+        persistent_workers: ``None`` → on when training on a GPU.
+        skip_corrupt: Skip and report undecodable images instead of raising.
+        cache_dir: Cache the evaluation sets' crops here.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        train_dir: str | None = None,
+        val_dir: str | None = None,
+        test_dir: str | None = None,
+        ood_roots: dict[str, str] | None = None,
+        class_names: list[str] | dict[str, str] | None = None,
+        id_name: str = "id",
+        val_size: int | float = 0.1,
+        test_size: int | float = 0.1,
+        split_seed: int = 0,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = None,
+        image_size: int = 224,
+        interpolation: str = "bicubic",
+        augment: bool = False,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+        skip_corrupt: bool = False,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            image_size,
+            interpolation,
+            augment,
+            pin_memory,
+            persistent_workers,
+            skip_corrupt,
+            cache_dir,
+        )
+        self.root = root
+        self.ood_roots = dict(ood_roots or {})
+        if id_name in self.ood_roots or "val" in self.ood_roots:
+            raise ValueError(f"OOD set names must differ from id_name={id_name!r} and 'val'")
+        self.id_name = id_name
+        self.val_size = val_size
+        self.test_size = test_size
+        self.split_seed = split_seed
+        self._dirs = self._find_dirs(root, train_dir, val_dir, test_dir)
+        train_path = self._dirs["train"]
+        assert train_path is not None
+        self.classes = list_class_folders(train_path)
+        if not self.classes:
+            raise DataLayoutError(f"{id_name}: no class folders under {self._dirs['train']}")
+        self._class_names = self._names(class_names)
+
+    @staticmethod
+    def _find_dirs(
+        root: str | None, train: str | None, val: str | None, test: str | None
+    ) -> dict[str, Path | None]:
+        r = Path(root) if root is not None else None
+        if r is not None and not r.is_dir():
+            raise DataLayoutError(
+                f"directory not found: {r}. Expected layout: "
+                f"{r}/train/<class>/<images> (val/, test/ optional) or "
+                f"{r}/<class>/<images>"
+            )
+
+        def pick(given: str | None, names: tuple[str, ...]) -> Path | None:
+            if given is not None:
+                if not Path(given).is_dir():
+                    raise DataLayoutError(f"directory not found: {given}")
+                return Path(given)
+            for n in names:
+                if r is not None and (r / n).is_dir():
+                    return r / n
+            return None
+
+        t = pick(train, ("train",))
+        if t is None:
+            if r is None:
+                raise DataLayoutError("ImageFolderDataModule needs root= or train_dir=")
+            t = r
+        return {
+            "train": t,
+            "val": pick(val, ("val", "valid", "validation")),
+            "test": pick(test, ("test",)),
+        }
+
+    def _names(self, override: list[str] | dict[str, str] | None) -> list[str]:
+        if override is None:
+            return [c.replace("_", " ") for c in self.classes]
+        if isinstance(override, dict):
+            missing = [c for c in self.classes if c not in override]
+            if missing:
+                raise ValueError(f"class_names has no entry for folder(s) {missing[:5]}")
+            return [override[c] for c in self.classes]
+        if len(override) != len(self.classes):
+            raise ValueError(
+                f"class_names has {len(override)} names but there are "
+                f"{len(self.classes)} class folders"
+            )
+        return list(override)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of ID classes."""
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names for the zero-shot head, in class-index order."""
+        return list(self._class_names)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Scan the folders, split where needed and validate the OOD classes."""
+        if self.train_set is not None and self.test_sets:
+            return
+        c2i = {c: i for i, c in enumerate(self.classes)}
+        train_dir = self._dirs["train"]
+        assert train_dir is not None
+        full = _folder_set(
+            self.id_name + "_train",
+            train_dir,
+            c2i,
+            None,
+            self.skip_corrupt,
+            self._skip_log("train"),
+            restrict=False,
+        )
+        labels = full.class_indices
+        rest = torch.arange(len(full))
+        parts: dict[str, FolderImageDataset] = {}
+        for part, size in (("test", self.test_size), ("val", self.val_size)):
+            d = self._dirs[part]
+            name = self.id_name if part == "test" else "val"
+            if d is not None:
+                parts[part] = _folder_set(
+                    name,
+                    d,
+                    c2i,
+                    self.eval_tf,
+                    self.skip_corrupt,
+                    self._skip_log(name),
+                    restrict=False,
+                )
+            else:
+                keep, held = stratified_split(labels[rest], size, self.split_seed)
+                parts[part] = _subset(full, name, rest[held], self.eval_tf)
+                rest = rest[keep]
+        self.train_set = _subset(full, self.id_name + "_train", rest, self.train_tf)
+        self.val_set = self._maybe_cache(parts["val"])
+        self._register(parts["val"])
+        sets = [parts["test"]] + [
+            _folder_set(
+                n, Path(p), c2i, self.eval_tf, self.skip_corrupt, self._skip_log(n), restrict=True
+            )
+            for n, p in self.ood_roots.items()
+        ]
+        self.test_sets = {}
+        for i, ds in enumerate(sets):
+            self._register(ds, is_id=i == 0)
+            self.test_sets[ds.name] = self._maybe_cache(ds)

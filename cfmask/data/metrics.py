@@ -1,0 +1,393 @@
+"""Per-set top-1 accuracy with the reference's class-subset protocol, and reporting.
+
+Every evaluation set is scored with the same 1000-way ImageNet head (reference
+notes §4.3). Sets that cover fewer classes (ImageNet-R, ImageNet-A, ObjectNet)
+restrict the argmax to their ``class_subset`` (§5.4); ObjectNet's targets are
+multi-hot, and a prediction is correct when the target is set at the predicted
+class (§5.3). The headline "OOD average" is the mean over the non-ID sets.
+
+Module interface: :class:`SubsetAccuracy` (a torchmetrics ``Metric``), one per
+set, built by :meth:`EvalSet.metric` or :func:`make_test_metrics`.
+Functional interface: :func:`restrict_logits`, :func:`project_logits`,
+:func:`top1_correct`, :func:`ood_average`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.table import Table
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+__all__ = (
+    "EvalSet",
+    "SubsetAccuracy",
+    "make_test_metrics",
+    "ood_average",
+    "project_logits",
+    "restrict_logits",
+    "results_table",
+    "top1_correct",
+    "write_results",
+)
+
+#: Key of the OOD average in result dictionaries.
+OOD_AVG = "ood_avg"
+
+
+@dataclass(frozen=True, eq=False)
+class EvalSet:
+    """Describes one evaluation dataloader: how its targets look and what it covers.
+
+    Attributes:
+        name: Set key, e.g. ``"imagenet"``, ``"imagenet_r"``; log key
+            ``test/<name>/acc1``.
+        class_subset: Sorted ``(K,)`` long classifier indices the set is scored
+            over, or ``None`` for all ``num_classes``.
+        multi_label: ``True`` if targets are ``(B, num_classes)`` multi-hot
+            (ObjectNet); otherwise ``(B,)`` class indices.
+        num_classes: Width of the logits.
+        num_samples: Images found on disk.
+        expected_samples: Published image count, if known.
+        is_id: Whether this is the in-distribution test set (excluded from the OOD average).
+    """
+
+    name: str
+    class_subset: Tensor | None = None
+    multi_label: bool = False
+    num_classes: int = 1000
+    num_samples: int | None = None
+    expected_samples: int | None = None
+    is_id: bool = False
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the image count differs from the published one."""
+        return (
+            self.expected_samples is not None
+            and self.num_samples is not None
+            and self.num_samples != self.expected_samples
+        )
+
+    def metric(self) -> SubsetAccuracy:
+        """Return a fresh :class:`SubsetAccuracy` configured for this set."""
+        return SubsetAccuracy(self.num_classes, self.class_subset, self.multi_label)
+
+
+def restrict_logits(logits: Tensor, class_subset: Tensor | None) -> Tensor:
+    """Set the logits of classes outside ``class_subset`` to ``-inf``.
+
+    Args:
+        logits: ``(B, C)`` logits.
+        class_subset: ``(K,)`` allowed class indices, or ``None`` (no change).
+
+    Returns:
+        ``(B, C)`` logits whose argmax always lies in ``class_subset``.
+
+    Example:
+        >>> restrict_logits(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([1, 2]))
+        tensor([[-inf, 1., 2.]])
+    """
+    if class_subset is None:
+        return logits
+    keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    keep[class_subset.to(logits.device)] = True
+    return logits.masked_fill(~keep, -math.inf)
+
+
+def project_logits(logits: Tensor, class_subset: Tensor) -> Tensor:
+    """Keep only the columns of ``class_subset`` (WiSE-FT's ``project_logits``).
+
+    Args:
+        logits: ``(B, C)`` logits.
+        class_subset: ``(K,)`` class indices.
+
+    Returns:
+        ``(B, K)`` logits; column ``k`` is class ``class_subset[k]``.
+    """
+    return logits[:, class_subset.to(logits.device)]
+
+
+def top1_correct(logits: Tensor, target: Tensor, class_subset: Tensor | None = None) -> Tensor:
+    """Per-sample top-1 correctness, argmax taken over ``class_subset`` only.
+
+    Args:
+        logits: ``(B, C)`` logits.
+        target: ``(B,)`` class indices, or ``(B, C)`` multi-hot (any non-zero
+            entry marks a correct class).
+        class_subset: ``(K,)`` allowed class indices, or ``None`` for all.
+
+    Returns:
+        ``(B,)`` bool.
+
+    Example:
+        >>> logits = torch.tensor([[5.0, 1.0, 2.0], [0.0, 3.0, 1.0]])
+        >>> top1_correct(logits, torch.tensor([2, 1]), torch.tensor([1, 2]))
+        tensor([True, True])
+        >>> top1_correct(logits, torch.tensor([[0, 1, 1], [1, 0, 1]]), torch.tensor([1, 2]))
+        tensor([ True, False])
+    """
+    pred = restrict_logits(logits, class_subset).argmax(dim=-1)
+    if target.ndim == 2:
+        return target.gather(1, pred[:, None]).squeeze(1) != 0
+    return pred == target
+
+
+class SubsetAccuracy(Metric):
+    """Top-1 accuracy over a class subset, with single- or multi-label targets.
+
+    The reference implementation sets the logits outside the subset below the
+    minimum and takes the argmax (Xiao et al., CVPR 2023, arXiv:2303.03052;
+    reference notes §5.4); this is the same prediction.
+
+    Args:
+        num_classes: Width ``C`` of the logits.
+        class_subset: Sorted ``(K,)`` allowed class indices, or ``None`` for all.
+        multi_label: Targets are ``(B, C)`` multi-hot instead of ``(B,)`` indices.
+
+    Example:
+        >>> m = SubsetAccuracy(3, torch.tensor([1, 2]))
+        >>> m.update(torch.tensor([[5.0, 1.0, 2.0], [0.0, 3.0, 1.0]]), torch.tensor([2, 2]))
+        >>> float(m.compute())
+        0.5
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    correct: Tensor
+    total: Tensor
+    allowed: Tensor
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        class_subset: Tensor | Sequence[int] | None = None,
+        multi_label: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.multi_label = multi_label
+        allowed = torch.ones(num_classes, dtype=torch.bool)
+        self.class_subset: Tensor | None = None
+        if class_subset is not None:
+            sub = torch.as_tensor(class_subset, dtype=torch.long)
+            if sub.numel() == 0 or int(sub.min()) < 0 or int(sub.max()) >= num_classes:
+                raise ValueError(f"class_subset must be non-empty indices in [0, {num_classes})")
+            allowed = torch.zeros(num_classes, dtype=torch.bool)
+            allowed[sub] = True
+            self.class_subset = sub
+        self.register_buffer("allowed", allowed, persistent=False)
+        self.add_state("correct", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        """Accumulate a batch.
+
+        Args:
+            logits: ``(B, C)`` logits.
+            target: ``(B,)`` class indices, or ``(B, C)`` multi-hot if ``multi_label``.
+
+        Raises:
+            ValueError: On shape mismatch, or a target outside the class subset
+                (which could never be scored correct).
+        """
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must be (B, {self.num_classes}), got {tuple(logits.shape)}")
+        b = logits.shape[0]
+        if self.multi_label:
+            if target.shape != (b, self.num_classes):
+                raise ValueError(
+                    f"multi-label target must be (B, {self.num_classes}) multi-hot, got "
+                    f"{tuple(target.shape)}"
+                )
+            reachable = ((target != 0) & self.allowed).any(dim=1)
+        else:
+            if target.shape != (b,):
+                raise ValueError(f"target must be (B,) class indices, got {tuple(target.shape)}")
+            reachable = self.allowed[target]
+        if not bool(reachable.all()):
+            raise ValueError("a target class lies outside this set's class subset")
+        ok = top1_correct(logits.masked_fill(~self.allowed, -math.inf), target)
+        self.correct += ok.sum()
+        self.total += b
+
+    def compute(self) -> Tensor:
+        """Return accuracy in ``[0, 1]`` (``nan`` before any update)."""
+        if int(self.total) == 0:
+            return torch.tensor(float("nan"))
+        return self.correct.float() / self.total
+
+
+def make_test_metrics(eval_sets: Sequence[EvalSet]) -> nn.ModuleDict:
+    """One :class:`SubsetAccuracy` per set, keyed by set name (in ``eval_sets`` order).
+
+    Args:
+        eval_sets: The datamodule's :attr:`eval_sets`.
+
+    Returns:
+        A ``ModuleDict`` so the metrics follow the LightningModule's device.
+    """
+    return nn.ModuleDict({s.name: s.metric() for s in eval_sets})
+
+
+def ood_average(results: Mapping[str, float], id_name: str = "imagenet") -> float:
+    """Mean accuracy over every set except the ID set (and any existing average).
+
+    Args:
+        results: Set name → accuracy.
+        id_name: Name of the in-distribution set.
+
+    Returns:
+        The mean, or ``nan`` if there is no OOD set.
+
+    Example:
+        >>> ood_average({"imagenet": 0.8, "imagenet_r": 0.6, "imagenet_a": 0.4})
+        0.5
+    """
+    vals = [v for k, v in results.items() if k not in (id_name, OOD_AVG)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _id_name(eval_sets: Sequence[EvalSet] | None, default: str) -> str:
+    for s in eval_sets or ():
+        if s.is_id:
+            return s.name
+    return default
+
+
+def _rows(
+    results: Mapping[str, float],
+    eval_sets: Sequence[EvalSet] | None,
+    skipped: Mapping[str, Sequence[str]] | None,
+    id_name: str,
+) -> list[dict[str, Any]]:
+    by_name = {s.name: s for s in eval_sets or ()}
+    names = [s.name for s in eval_sets or () if s.name in results]
+    names += [k for k in results if k not in names and k != OOD_AVG]
+    rows: list[dict[str, Any]] = []
+    for n in names:
+        s = by_name.get(n)
+        skip = len((skipped or {}).get(n, ()))
+        notes = []
+        if s is not None and s.truncated:
+            notes.append(f"TRUNCATED: {s.num_samples:,} images, published {s.expected_samples:,}")
+        if skip:
+            notes.append(f"{skip} undecodable image(s) skipped")
+        rows.append(
+            {
+                "set": n,
+                "acc1": float(results[n]),
+                "role": "id" if n == id_name else "ood",
+                "num_samples": None if s is None else s.num_samples,
+                "expected_samples": None if s is None else s.expected_samples,
+                "truncated": bool(s is not None and s.truncated),
+                "skipped": skip,
+                "note": "; ".join(notes),
+            }
+        )
+    return rows
+
+
+def results_table(
+    results: Mapping[str, float],
+    eval_sets: Sequence[EvalSet] | None = None,
+    skipped: Mapping[str, Sequence[str]] | None = None,
+    id_name: str = "imagenet",
+    title: str = "Top-1 accuracy (%)",
+) -> Table:
+    """Render per-set accuracies and the OOD average as a rich table.
+
+    Truncated sets and skipped images are flagged in a "Warning" column so a
+    number from an incomplete set is never shown bare.
+
+    Args:
+        results: Set name → accuracy in ``[0, 1]``.
+        eval_sets: The datamodule's :attr:`eval_sets` (for counts and flags).
+        skipped: Set name → skipped image paths (``datamodule.skipped_images()``).
+        id_name: Name of the ID set when ``eval_sets`` doesn't say.
+        title: Table title.
+
+    Returns:
+        The table (print it with ``rich.console.Console().print``).
+    """
+    id_name = _id_name(eval_sets, id_name)
+    table = Table(title=title)
+    table.add_column("Set")
+    table.add_column("Top-1", justify="right")
+    table.add_column("Images", justify="right")
+    table.add_column("Warning")
+    for r in _rows(results, eval_sets, skipped, id_name):
+        n, e = r["num_samples"], r["expected_samples"]
+        count = "" if n is None else f"{n:,}" + ("" if e is None else f" / {e:,}")
+        name = r["set"] + (" (ID)" if r["role"] == "id" else "")
+        warn = f"[bold red]{r['note']}[/]" if r["note"] else ""
+        table.add_row(name, f"{100 * r['acc1']:.2f}", count, warn)
+    avg = ood_average(results, id_name)
+    if not math.isnan(avg):
+        table.add_section()
+        table.add_row("OOD average", f"{100 * avg:.2f}", "", "")
+    return table
+
+
+def write_results(
+    results: Mapping[str, float],
+    directory: str | os.PathLike[str],
+    eval_sets: Sequence[EvalSet] | None = None,
+    skipped: Mapping[str, Sequence[str]] | None = None,
+    id_name: str = "imagenet",
+    stem: str = "results",
+) -> tuple[Path, Path]:
+    """Write the results as ``<stem>.json`` and ``<stem>.csv`` in ``directory``.
+
+    The JSON holds ``{"acc1": {set: acc}, "ood_avg": …, "sets": [row, …],
+    "warnings": [...], "skipped": {set: [paths]}}``; the CSV has one row per set
+    plus an ``ood_avg`` row, with columns ``set, role, acc1, num_samples,
+    expected_samples, truncated, skipped, note``. Accuracies are in ``[0, 1]``.
+
+    Args:
+        results: Set name → accuracy in ``[0, 1]``.
+        directory: Output directory (created if needed).
+        eval_sets: The datamodule's :attr:`eval_sets`.
+        skipped: Set name → skipped image paths.
+        id_name: Name of the ID set when ``eval_sets`` doesn't say.
+        stem: File name without suffix.
+
+    Returns:
+        Paths of the JSON and CSV files.
+    """
+    id_name = _id_name(eval_sets, id_name)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = _rows(results, eval_sets, skipped, id_name)
+    avg = ood_average(results, id_name)
+    payload = {
+        "acc1": {r["set"]: r["acc1"] for r in rows},
+        OOD_AVG: None if math.isnan(avg) else avg,
+        "id_set": id_name,
+        "sets": rows,
+        "warnings": [f"{r['set']}: {r['note']}" for r in rows if r["note"]],
+        "skipped": {k: list(v) for k, v in (skipped or {}).items() if v},
+    }
+    json_path, csv_path = out / f"{stem}.json", out / f"{stem}.csv"
+    json_path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    fields = ["set", "role", "acc1", "num_samples", "expected_samples", "truncated", "skipped"]
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=[*fields, "note"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r[k] is None else r[k]) for k in [*fields, "note"]})
+        if not math.isnan(avg):
+            w.writerow({"set": OOD_AVG, "role": "ood", "acc1": avg})
+    return json_path, csv_path
