@@ -11,8 +11,11 @@ from cfmask.functional.masking import (
     threshold_mask,
 )
 from cfmask.functional.patches import check_grid, check_patch_mask, patch_mask_to_pixels
+from cfmask.functional.relevance import attention_grad_rollout, attention_rollout
 
 __all__: tuple[str, ...] = (
+    "attention_grad_rollout",
+    "attention_rollout",
     "check_grid",
     "check_patch_mask",
     "keep_index_from_mask",

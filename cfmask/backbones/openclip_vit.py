@@ -1,0 +1,583 @@
+"""Adapter for open_clip CLIP image towers with a zero-shot head."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import types
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cfmask.backbones._tokens import check_keep_index, check_key_mask, gather_tokens, key_mask_bias
+from cfmask.backbones.base import AttentionCaptureError, DataConfig, VisionBackbone
+from cfmask.heads import ZeroShotHead, build_zero_shot_weights
+
+__all__ = ("OpenCLIPViT", "default_templates")
+
+log = logging.getLogger(__name__)
+
+_OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+_CACHE_VERSION = 1
+
+
+def default_templates() -> list[str]:
+    """The 80 OpenAI ImageNet prompt templates as ``"{}"`` strings."""
+    return [t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]
+
+
+class OpenCLIPViT(VisionBackbone):
+    """An open_clip CLIP image tower plus a zero-shot head, as a :class:`VisionBackbone`.
+
+    This is the model fine-tuned by Xiao et al. (CVPR 2023, arXiv:2303.03052) and by
+    WiSE-FT: :meth:`forward_features` returns exactly what ``model.visual(x)`` returns,
+    the un-normalised post-projection embedding ``ln_post(CLS) @ proj``; the head is a
+    :class:`~cfmask.heads.ZeroShotHead` initialised from the text tower with
+    ``class_names`` and ``templates`` and scaled by the model's ``logit_scale.exp()``
+    (100 for OpenAI weights). The text tower is dropped after the head is built: only
+    the image tower and the head are parameters. Inputs are ``[0, 1]`` pixels,
+    normalised inside with the model's preprocessing mean/std (OpenAI CLIP's by default).
+
+    Text embeddings are cached on disk, keyed by a hash of the model name/config, the
+    ``pretrained`` value, a digest of the text-tower weights, the activation, the class
+    names and the templates, so the text tower runs once per setting. It runs on a
+    context truncated to the longest real prompt, which is exact for causal text towers.
+
+    **QuickGELU guard.** OpenAI's CLIP weights were trained with QuickGELU. When
+    ``pretrained`` is ``"openai"``, or a file whose name contains ``openai`` or that is a
+    TorchScript archive (the format OpenAI released), while the config does not enable
+    QuickGELU (a ``-quickgelu`` model name or ``quick_gelu: true`` in ``model_cfg``),
+    QuickGELU is **forced on** and a warning is logged. If ``model_cfg`` sets
+    ``quick_gelu: false`` explicitly, a :class:`ValueError` is raised instead.
+
+    Args:
+        model_name: open_clip model name (``"ViT-B-32"``); with ``model_cfg`` only a label.
+        pretrained: open_clip tag (``"openai"``; needs a reachable hub or its cache) or the
+            path of a local full-CLIP checkpoint; ``None`` for random weights.
+        model_cfg: A complete open_clip model config (``embed_dim``, ``vision_cfg``,
+            ``text_cfg``, ...) for custom or tiny models; overrides the built-in config.
+        class_names: Class names of the head; ``None`` = open_clip's ImageNet names.
+        templates: Prompt templates with a ``"{}"`` placeholder; ``None`` = the 80
+            OpenAI ImageNet templates.
+        text_cache_dir: Directory of the text-embedding cache; ``None`` =
+            ``$XDG_CACHE_HOME/cfmask/text`` (``~/.cache/cfmask/text``).
+
+    Raises:
+        FileNotFoundError: If ``pretrained`` names a file path that does not exist.
+        ValueError: On a contradictory QuickGELU setting or a bad template.
+        TypeError: If the image tower is not open_clip's ``VisionTransformer``.
+
+    Example:
+        >>> import torch
+        >>> cfg = {"embed_dim": 16,
+        ...        "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 32,
+        ...                       "layers": 1, "head_width": 16},
+        ...        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16,
+        ...                     "heads": 1, "layers": 1}}
+        >>> vit = OpenCLIPViT("tiny", model_cfg=cfg, class_names=["cat", "dog"],
+        ...                   templates=["a photo of a {}."])
+        >>> vit(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 2])
+    """
+
+    mean_buffer: Tensor
+    std_buffer: Tensor
+
+    def __init__(
+        self,
+        model_name: str = "ViT-B-32",
+        pretrained: str | None = None,
+        model_cfg: dict[str, Any] | None = None,
+        class_names: list[str] | None = None,
+        templates: list[str] | None = None,
+        text_cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.model_cfg = model_cfg
+        self.class_names = class_names
+        self.templates = templates
+        self.text_cache_dir = text_cache_dir
+
+        quick_gelu = _force_quick_gelu(model_name, pretrained, model_cfg)
+        clip: Any = _build_clip(model_name, pretrained, model_cfg, quick_gelu)
+        visual: Any = clip.visual
+        missing = [
+            a
+            for a in ("_embeds", "_pool", "transformer", "grid_size", "proj")
+            if not hasattr(visual, a)
+        ]
+        if missing:
+            raise TypeError(
+                f"OpenCLIPViT needs open_clip's VisionTransformer image tower (open_clip>=3.0); "
+                f"{model_name!r} has a {type(visual).__name__} without {missing}."
+            )
+        visual.output_tokens = False
+
+        names = (
+            list(class_names) if class_names is not None else list(open_clip.IMAGENET_CLASSNAMES)
+        )
+        tmpls = list(templates) if templates is not None else default_templates()
+        cfg_quick = quick_gelu or _config_quick_gelu(model_name, model_cfg)
+        unit = self._class_embeddings(clip, names, tmpls, cfg_quick)
+        scale = float(clip.logit_scale.detach().exp().flatten()[0])
+        self.visual: Any = visual
+        self.head = ZeroShotHead(unit * scale)
+        del clip  # the text tower and logit scale are not part of this module
+
+        pp = getattr(visual, "preprocess_cfg", None) or {}
+        size = visual.image_size
+        self._data_config = DataConfig(
+            image_size=int(size[0] if isinstance(size, tuple | list) else size),
+            interpolation=str(pp.get("interpolation", "bicubic")),
+            mean=_triple(pp.get("mean", _OPENAI_MEAN)),
+            std=_triple(pp.get("std", _OPENAI_STD)),
+        )
+        self.register_buffer(
+            "mean_buffer", torch.tensor(self._data_config.mean).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std_buffer", torch.tensor(self._data_config.std).view(1, 3, 1, 1), persistent=False
+        )
+        self._probing = False
+
+    # -------------------------------------------------------------- properties
+    @property
+    def patch_size(self) -> int:
+        """Side of one square patch, in pixels."""
+        size = self.visual.patch_size
+        return int(size[0] if isinstance(size, tuple | list) else size)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Number of patches along height and width."""
+        gh, gw = self.visual.grid_size
+        return int(gh), int(gw)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """One CLS token."""
+        return 1
+
+    @property
+    def feature_dim(self) -> int:
+        """Dimension of the projected image embedding."""
+        return self.head.in_features
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the zero-shot head."""
+        return self.head.out_features
+
+    @property
+    def data_config(self) -> DataConfig:
+        """Input size, interpolation and normalisation constants."""
+        return self._data_config
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the zero-shot head."""
+        return list(self.head.parameters())
+
+    # ----------------------------------------------------------------- forward
+    def forward_features(
+        self,
+        images: Tensor,
+        *,
+        keep_index: Tensor | None = None,
+        key_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Encode ``(B, C, H, W)`` images in ``[0, 1]`` into ``(B, D)`` CLIP embeddings.
+
+        Args:
+            images: ``(B, C, H, W)`` pixels in ``[0, 1]``.
+            keep_index: Optional ``(B, K)`` patch indices to keep; the other patch tokens
+                are dropped after the positional embedding and ``ln_pre``.
+            key_mask: Optional ``(B, N)`` bool; ``True`` hides that patch as a key from
+                every query in every block (additive ``-inf`` mask of shape
+                ``(B * heads, T, T)``). Combined with ``keep_index`` it is indexed by the
+                original patch positions.
+
+        Returns:
+            ``(B, D)`` un-normalised projected embeddings.
+        """
+        x = (images - self.mean_buffer) / self.std_buffer
+        visual = self.visual
+        if keep_index is None and key_mask is None:
+            return visual(x)  # type: ignore[no-any-return]
+        b, n = images.shape[0], self.num_patches
+        tokens = visual._embeds(x)
+        if keep_index is not None:
+            check_keep_index(keep_index, b, n)
+            tokens = gather_tokens(tokens, keep_index, 1)
+        mask: Tensor | None = None
+        if key_mask is not None:
+            check_key_mask(key_mask, b, n)
+            if keep_index is not None:
+                key_mask = key_mask.gather(1, keep_index.long())
+            heads = visual.transformer.resblocks[0].attn.num_heads
+            t = tokens.shape[1]
+            bias = key_mask_bias(key_mask, 1, tokens.dtype)
+            mask = bias.expand(b, heads, t, t).reshape(b * heads, t, t)
+        tokens = visual.transformer(tokens, attn_mask=mask)
+        pooled, _ = visual._pool(tokens)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return pooled  # type: ignore[no-any-return]
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Map ``(B, D)`` embeddings to ``(B, K)`` zero-shot logits."""
+        return self.head(features)  # type: ignore[no-any-return]
+
+    # ---------------------------------------------------------------- probing
+    @contextmanager
+    def attention_probes(self) -> Iterator[list[Tensor]]:
+        """Record each block's ``(B, heads, T, T)`` post-softmax attention, in the graph.
+
+        Replaces, per instance, every ``ResidualAttentionBlock.attention`` by an explicit
+        softmax attention with the block's own ``in_proj``/``out_proj`` weights, which
+        appends the probabilities (before dropout). The original methods are restored on
+        exit, also on exceptions.
+
+        Yields:
+            The list receiving one tensor per block and forward pass, in forward order.
+
+        Raises:
+            AttentionCaptureError: If a block is not a standard open_clip
+                ``ResidualAttentionBlock`` with ``nn.MultiheadAttention``, or if probes are
+                already active.
+        """
+        if self._probing:
+            raise AttentionCaptureError(
+                "attention_probes() is already active on this backbone; nested probing "
+                "is not supported."
+            )
+        blocks = list(getattr(self.visual.transformer, "resblocks", []))
+        for i, blk in enumerate(blocks):
+            attn = getattr(blk, "attn", None)
+            if not (
+                isinstance(attn, nn.MultiheadAttention)
+                and attn._qkv_same_embed_dim
+                and attn.in_proj_weight is not None
+                and callable(getattr(blk, "attention", None))
+            ):
+                raise AttentionCaptureError(
+                    f"cannot capture attention of {self.model_name!r}: block {i} "
+                    f"({type(blk).__name__}) is not an open_clip ResidualAttentionBlock with "
+                    f"a packed-projection nn.MultiheadAttention (block_type='custom' and "
+                    f"timm image towers are not supported)."
+                )
+        if not blocks:
+            raise AttentionCaptureError(
+                f"cannot capture attention of {self.model_name!r}: no transformer.resblocks"
+            )
+        probes: list[Tensor] = []
+        saved = [blk.__dict__.get("attention") for blk in blocks]
+        self._probing = True
+        try:
+            for blk in blocks:
+                blk.attention = types.MethodType(_explicit_attention(probes), blk)
+            yield probes
+        finally:
+            for blk, original in zip(blocks, saved, strict=True):
+                if original is None:
+                    blk.__dict__.pop("attention", None)
+                else:
+                    blk.attention = original
+            self._probing = False
+
+    # -------------------------------------------------------------- text head
+    def _class_embeddings(
+        self, clip: Any, names: list[str], templates: list[str], quick_gelu: bool
+    ) -> Tensor:
+        """Unit ``(K, D)`` class embeddings, from the disk cache when possible."""
+        key = _cache_key(
+            clip=clip,
+            model_name=self.model_name,
+            model_cfg=self.model_cfg,
+            pretrained=self.pretrained,
+            quick_gelu=quick_gelu,
+            class_names=names,
+            templates=templates,
+        )
+        cache_dir = (
+            Path(self.text_cache_dir).expanduser() if self.text_cache_dir else _default_cache()
+        )
+        file = cache_dir / f"{key}.pt"
+        if file.is_file():
+            try:
+                cached = torch.load(file, map_location="cpu", weights_only=True)
+                weight = cached["weight"]
+                if isinstance(weight, Tensor) and weight.shape[0] == len(names):
+                    log.debug("text embeddings loaded from cache %s", file)
+                    return weight
+            except Exception as err:  # corrupt cache entry: rebuild it
+                log.warning("ignoring unreadable text-embedding cache %s (%s)", file, err)
+        tokenizer = _tokenizer(self.model_name, self.model_cfg)
+        encoder = _text_encoder(clip)
+        was_training = clip.training
+        clip.eval()
+        weight = build_zero_shot_weights(encoder, tokenizer, names, templates, logit_scale=1.0)
+        clip.train(was_training)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(f".tmp{os.getpid()}")
+            torch.save({"weight": weight, "class_names": names, "templates": templates}, tmp)
+            os.replace(tmp, file)
+        except OSError as err:
+            log.warning("could not write text-embedding cache %s (%s)", file, err)
+        return weight
+
+
+# ---------------------------------------------------------------------- helpers
+def _explicit_attention(
+    probes: list[Tensor],
+) -> Callable[..., Tensor]:
+    """Build a replacement for ``ResidualAttentionBlock.attention`` that records probabilities."""
+
+    def attention(
+        blk: nn.Module,
+        q_x: Tensor,
+        k_x: Tensor | None = None,
+        v_x: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        if k_x is not None or v_x is not None:
+            raise AttentionCaptureError("attention probes support self-attention blocks only")
+        mha = blk.attn
+        assert isinstance(mha, nn.MultiheadAttention)
+        x = q_x if mha.batch_first else q_x.transpose(0, 1)  # (B, T, D)
+        b, t, d = x.shape
+        h = mha.num_heads
+        qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
+        q, k, v = qkv.view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        scores = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
+        if attn_mask is not None:
+            bias = attn_mask.to(scores.dtype)
+            scores = scores + (bias.view(b, h, t, t) if bias.ndim == 3 else bias)
+        probs = scores.softmax(dim=-1)
+        probes.append(probs)
+        dropped = F.dropout(probs, p=mha.dropout, training=mha.training)
+        out = (dropped @ v).transpose(1, 2).reshape(b, t, d)
+        out = F.linear(out, mha.out_proj.weight, mha.out_proj.bias)
+        return out if mha.batch_first else out.transpose(0, 1)
+
+    return attention
+
+
+def _config_quick_gelu(model_name: str, model_cfg: dict[str, Any] | None) -> bool:
+    if model_cfg is not None:
+        return bool(model_cfg.get("quick_gelu", False))
+    if model_name.lower().endswith("-quickgelu"):
+        return True
+    cfg = open_clip.get_model_config(model_name)
+    return bool(cfg and cfg.get("quick_gelu", False))
+
+
+def _looks_like_openai_weights(pretrained: str | None) -> bool:
+    if not pretrained:
+        return False
+    if pretrained.lower() == "openai":
+        return True
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        return False
+    if "openai" in path.name.lower():
+        return True
+    if zipfile.is_zipfile(path):  # OpenAI released TorchScript archives
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+    return False
+
+
+def _force_quick_gelu(
+    model_name: str, pretrained: str | None, model_cfg: dict[str, Any] | None
+) -> bool:
+    """Decide whether QuickGELU must be forced on (see the class docstring)."""
+    if not _looks_like_openai_weights(pretrained):
+        return False
+    if model_cfg is not None and "quick_gelu" in model_cfg and not model_cfg["quick_gelu"]:
+        raise ValueError(
+            f"pretrained={pretrained!r} looks like OpenAI CLIP weights, which need QuickGELU, "
+            f"but model_cfg sets quick_gelu=False. Set quick_gelu=True (or drop the key and "
+            f"cfmask will enable it)."
+        )
+    if _config_quick_gelu(model_name, model_cfg):
+        return False
+    log.warning(
+        "pretrained=%r looks like OpenAI CLIP weights, which were trained with QuickGELU; "
+        "forcing quick_gelu=True for %r (use a '-quickgelu' model or set quick_gelu to "
+        "silence this).",
+        pretrained,
+        model_name,
+    )
+    return True
+
+
+def _build_clip(
+    model_name: str, pretrained: str | None, model_cfg: dict[str, Any] | None, quick_gelu: bool
+) -> Any:
+    is_path = pretrained is not None and (
+        os.sep in pretrained or Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}
+    )
+    if is_path and not Path(str(pretrained)).expanduser().is_file():
+        raise FileNotFoundError(
+            f"pretrained weights file {pretrained!r} does not exist; pass an existing "
+            f"open_clip checkpoint path, an open_clip tag such as 'openai', or None."
+        )
+    if model_cfg is None:
+        try:
+            model: nn.Module = open_clip.create_model(
+                model_name,
+                pretrained=str(Path(str(pretrained)).expanduser()) if is_path else pretrained,
+                force_quick_gelu=quick_gelu,
+                precision="fp32",
+                device="cpu",
+            )
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"could not build open_clip model {model_name!r} with pretrained="
+                f"{pretrained!r}: {err}. Without network access, pass the path of a local "
+                f"checkpoint as pretrained (HF_HUB_OFFLINE=1 makes hub lookups fail fast)."
+            ) from err
+        return model
+    cfg = copy.deepcopy(model_cfg)
+    if quick_gelu:
+        cfg["quick_gelu"] = True
+    custom_text = bool(cfg.pop("custom_text", False))
+    cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
+    model = cls(**cfg)
+    if pretrained is not None:
+        if not is_path and not Path(pretrained).expanduser().is_file():
+            raise FileNotFoundError(
+                f"with model_cfg, pretrained must be a local checkpoint file; {pretrained!r} "
+                f"is not one (hub tags need a built-in model_name and model_cfg=None)."
+            )
+        open_clip.load_checkpoint(model, str(Path(pretrained).expanduser()))
+    return model
+
+
+def _tokenizer(model_name: str, model_cfg: dict[str, Any] | None) -> Callable[[list[str]], Tensor]:
+    if model_cfg is None:
+        tok: Callable[[list[str]], Tensor] = open_clip.get_tokenizer(model_name)
+        return tok
+    text_cfg = model_cfg.get("text_cfg", {})
+    context = int(text_cfg.get("context_length", 77))
+    if text_cfg.get("hf_tokenizer_name"):
+        hf: Callable[[list[str]], Tensor] = open_clip.HFTokenizer(
+            text_cfg["hf_tokenizer_name"], context_length=context
+        )
+        return hf
+    simple: Callable[[list[str]], Tensor] = open_clip.SimpleTokenizer(context_length=context)
+    return simple
+
+
+def _text_encoder(clip: Any) -> Callable[[Tensor], Tensor]:
+    """Text encoder that truncates the context to the longest real prompt when exact.
+
+    With a causal mask, a token never attends to later positions, so the padding after
+    the last real token does not change any earlier output; pooling at the EOT/argmax or
+    first position therefore gives the same embedding on the truncated sequence.
+    """
+    pool = getattr(clip, "text_pool_type", None)
+    causal = getattr(clip, "attn_mask", None)
+    if not (
+        isinstance(causal, Tensor)
+        and pool in ("argmax", "eos", "first")
+        and hasattr(clip, "token_embedding")
+    ):
+        encode_full: Callable[[Tensor], Tensor] = clip.encode_text
+        return encode_full
+
+    def encode(tokens: Tensor) -> Tensor:
+        return encode_text_truncated(clip, tokens)
+
+    return encode
+
+
+def encode_text_truncated(clip: Any, tokens: Tensor) -> Tensor:
+    """``clip.encode_text(tokens)`` computed on the shortest context holding every prompt.
+
+    Args:
+        clip: An open_clip ``CLIP`` with a causal text transformer.
+        tokens: ``(P, L)`` token ids, zero-padded after each prompt.
+
+    Returns:
+        ``(P, D)`` un-normalised text embeddings.
+    """
+    nonpad = (tokens != 0).long()
+    positions = torch.arange(tokens.shape[1], device=tokens.device)
+    length = int(((positions + 1) * nonpad).amax()) if tokens.numel() else 1
+    length = max(length, 1)
+    ids = tokens[:, :length]
+    cast = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(ids).to(cast) + clip.positional_embedding[:length].to(cast)
+    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+    x = clip.ln_final(x)
+    x = open_clip.transformer.text_global_pool(
+        x, ids, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None)
+    )
+    proj = clip.text_projection
+    if proj is not None:
+        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+    out: Tensor = x
+    return out
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return Path(base) / "cfmask" / "text"
+
+
+def _text_digest(clip: nn.Module) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    state = clip.state_dict()
+    for name in sorted(state):
+        if name.startswith("visual."):
+            continue
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _cache_key(
+    *,
+    clip: nn.Module,
+    model_name: str,
+    model_cfg: dict[str, Any] | None,
+    pretrained: str | None,
+    quick_gelu: bool,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+) -> str:
+    payload = {
+        "version": _CACHE_VERSION,
+        "model_name": model_name,
+        "model_cfg": model_cfg,
+        "pretrained": pretrained,
+        "quick_gelu": quick_gelu,
+        "text_weights": _text_digest(clip),
+        "class_names": list(class_names),
+        "templates": list(templates),
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    vals = tuple(float(v) for v in values)
+    if len(vals) != 3:
+        raise ValueError(f"mean/std must have 3 values (RGB), got {vals}")
+    return vals[0], vals[1], vals[2]

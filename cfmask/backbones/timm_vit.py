@@ -1,0 +1,341 @@
+"""Adapter for timm Vision Transformers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from cfmask.backbones._tokens import check_keep_index, check_key_mask, gather_tokens, key_mask_bias
+from cfmask.backbones._weights import load_state_dict_file
+from cfmask.backbones.base import AttentionCaptureError, DataConfig, VisionBackbone
+
+__all__ = ("TimmViT",)
+
+log = logging.getLogger(__name__)
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_VIT_PARTS = ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head", "num_prefix_tokens")
+
+
+class TimmViT(VisionBackbone):
+    """A timm ``VisionTransformer`` behind the :class:`VisionBackbone` interface.
+
+    Works with any model built on ``timm.models.vision_transformer.VisionTransformer``,
+    including ``vit_base_patch32_clip_224.openai`` (the CLIP image tower in timm form).
+    The input is ``[0, 1]`` pixels; normalisation with :attr:`mean`/:attr:`std` happens
+    inside. :meth:`forward_features` returns timm's pooled pre-logits feature
+    (``forward_head(pre_logits=True)``: the CLS token after the final norm for CLS-pooled
+    models) and :meth:`forward_head` applies timm's classifier.
+
+    Attention runs fused (``scaled_dot_product_attention``) except inside
+    :meth:`attention_probes`, which switches every block to the explicit path and records
+    the post-softmax probabilities for relevance maps (Chefer et al., ICCV 2021;
+    Xiao et al., CVPR 2023, arXiv:2303.03052).
+
+    Args:
+        model_name: Any timm ViT name, e.g. ``"vit_base_patch32_clip_224.openai"``.
+        pretrained: ``False`` for random weights; ``True`` for timm's hub weights of
+            ``model_name``; or a local file path of a state dict (``.pt``/``.pth``/``.bin``/
+            ``.safetensors``, see :func:`~cfmask.backbones._weights.load_state_dict_file`).
+            A classifier whose shape differs from ``num_classes`` is left freshly
+            initialised, as timm does.
+        num_classes: Number of logits ``K``.
+        img_size: Input side in pixels; ``None`` keeps the model default.
+        patch_size: Patch side in pixels; ``None`` keeps the model default.
+        model_kwargs: Extra ``timm.create_model`` keyword arguments (e.g. ``depth``,
+            ``embed_dim``, ``num_heads`` for tiny test models).
+        mean: Per-channel normalisation mean; ``None`` uses the model's pretrained config.
+        std: Per-channel normalisation std; ``None`` uses the model's pretrained config.
+
+    Raises:
+        FileNotFoundError: If ``pretrained`` is a path that does not exist.
+        TypeError: If ``model_name`` is not a ViT-style timm model.
+
+    Example:
+        >>> import torch
+        >>> vit = TimmViT("test_vit", num_classes=10, img_size=32, patch_size=8,
+        ...               model_kwargs={"depth": 2})
+        >>> vit(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+        >>> with vit.attention_probes() as probes:
+        ...     _ = vit(torch.rand(2, 3, 32, 32))
+        >>> [tuple(p.shape) for p in probes]
+        [(2, 2, 17, 17), (2, 2, 17, 17)]
+    """
+
+    mean_buffer: Tensor
+    std_buffer: Tensor
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: bool | str = False,
+        num_classes: int = 1000,
+        img_size: int | None = None,
+        patch_size: int | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.model_kwargs = model_kwargs
+        self.img_size = img_size
+        # ``patch_size``/``num_classes`` are also interface properties; the init values
+        # are kept in ``_init_*`` and exposed under their own name via ``init_args``.
+        self._init_patch_size = patch_size
+        self._init_num_classes = num_classes
+        self.mean = mean
+        self.std = std
+
+        kwargs: dict[str, Any] = dict(model_kwargs or {})
+        kwargs["num_classes"] = num_classes
+        if img_size is not None:
+            kwargs["img_size"] = img_size
+        if patch_size is not None:
+            kwargs["patch_size"] = patch_size
+        file: Path | None = None
+        if isinstance(pretrained, str):
+            file = Path(pretrained).expanduser()
+            if not file.is_file():
+                raise FileNotFoundError(
+                    f"pretrained weights file {pretrained!r} does not exist; pass an existing "
+                    f"local state-dict path, pretrained=True for timm's hub weights, or False."
+                )
+        self.model: Any = timm.create_model(model_name, pretrained=pretrained is True, **kwargs)
+        missing = [p for p in _VIT_PARTS if not hasattr(self.model, p)]
+        if missing:
+            raise TypeError(
+                f"TimmViT needs a timm VisionTransformer; {model_name!r} builds a "
+                f"{type(self.model).__name__} without {missing}. Use a ViT model name such "
+                f"as 'vit_base_patch32_clip_224.openai'."
+            )
+        if file is not None:
+            self._load_file(file)
+
+        cfg: dict[str, Any] = dict(getattr(self.model, "pretrained_cfg", None) or {})
+        self._data_config = DataConfig(
+            image_size=self.grid_size[0] * self.patch_size,  # the pretrained cfg keeps 224
+            interpolation=str(cfg.get("interpolation", "bicubic")),
+            mean=_triple(mean if mean is not None else cfg.get("mean", _IMAGENET_MEAN)),
+            std=_triple(std if std is not None else cfg.get("std", _IMAGENET_STD)),
+        )
+        self.register_buffer(
+            "mean_buffer", torch.tensor(self._data_config.mean).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std_buffer", torch.tensor(self._data_config.std).view(1, 3, 1, 1), persistent=False
+        )
+        self._probing = False
+
+    # ------------------------------------------------------------------ config
+    def init_args(self) -> dict[str, Any]:
+        """Return the constructor arguments (see :meth:`Component.init_args`)."""
+        return {
+            "model_name": self.model_name,
+            "pretrained": self.pretrained,
+            "num_classes": self._init_num_classes,
+            "img_size": self.img_size,
+            "patch_size": self._init_patch_size,
+            "model_kwargs": self.model_kwargs,
+            "mean": list(self.mean) if self.mean is not None else None,
+            "std": list(self.std) if self.std is not None else None,
+        }
+
+    # -------------------------------------------------------------- properties
+    @property
+    def patch_size(self) -> int:
+        """Side of one square patch, in pixels."""
+        size = self.model.patch_embed.patch_size
+        return int(size[0] if isinstance(size, tuple | list) else size)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Number of patches along height and width."""
+        gh, gw = self.model.patch_embed.grid_size
+        return int(gh), int(gw)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """CLS plus register tokens."""
+        return int(self.model.num_prefix_tokens)
+
+    @property
+    def feature_dim(self) -> int:
+        """Dimension of the pooled pre-logits feature."""
+        return int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of logits."""
+        return int(self.model.num_classes)
+
+    @property
+    def data_config(self) -> DataConfig:
+        """Input size, interpolation and normalisation constants."""
+        return self._data_config
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the classifier (and its pre-logits layers, if any)."""
+        params: list[nn.Parameter] = []
+        for name in ("fc_norm", "head_drop", "head"):
+            module = getattr(self.model, name, None)
+            if isinstance(module, nn.Module):
+                params.extend(module.parameters())
+        return params
+
+    # ----------------------------------------------------------------- forward
+    def forward_features(
+        self,
+        images: Tensor,
+        *,
+        keep_index: Tensor | None = None,
+        key_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Encode ``(B, C, H, W)`` images in ``[0, 1]`` into ``(B, D)`` pre-logits features.
+
+        Args:
+            images: ``(B, C, H, W)`` pixels in ``[0, 1]``.
+            keep_index: Optional ``(B, K)`` patch indices to keep; the other patch tokens
+                are dropped after the positional embedding. Prefix tokens are kept.
+            key_mask: Optional ``(B, N)`` bool; ``True`` hides that patch token as a key
+                from every query in every block. Combined with ``keep_index``, the mask
+                is indexed by the original patch positions.
+
+        Returns:
+            ``(B, D)`` features.
+        """
+        x = (images - self.mean_buffer) / self.std_buffer
+        model = self.model
+        if keep_index is None and key_mask is None:
+            return model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[no-any-return]
+        b, n, p = images.shape[0], self.num_patches, self.num_prefix_tokens
+        tokens = model.patch_embed(x)
+        tokens = model._pos_embed(tokens)
+        tokens = model.patch_drop(tokens)
+        tokens = model.norm_pre(tokens)
+        if keep_index is not None:
+            check_keep_index(keep_index, b, n)
+            tokens = gather_tokens(tokens, keep_index, p)
+        bias: Tensor | None = None
+        if key_mask is not None:
+            check_key_mask(key_mask, b, n)
+            if keep_index is not None:
+                key_mask = key_mask.gather(1, keep_index.long())
+            bias = key_mask_bias(key_mask, p, tokens.dtype)
+        for blk in model.blocks:
+            tokens = blk(tokens, attn_mask=bias) if bias is not None else blk(tokens)
+        tokens = model.norm(tokens)
+        return model.forward_head(tokens, pre_logits=True)  # type: ignore[no-any-return]
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Map ``(B, D)`` features to ``(B, K)`` logits with timm's classifier."""
+        return self.model.head(features)  # type: ignore[no-any-return]
+
+    # ---------------------------------------------------------------- probing
+    @contextmanager
+    def attention_probes(self) -> Iterator[list[Tensor]]:
+        """Record each block's ``(B, heads, T, T)`` post-softmax attention, in the graph.
+
+        Sets ``fused_attn = False`` on every block's attention and hooks its
+        ``attn_drop`` (always called, even with ``p = 0``) to capture the probabilities
+        before dropout. Flags and hooks are restored on exit, also on exceptions.
+
+        Yields:
+            The list receiving one tensor per block and forward pass, in forward order.
+
+        Raises:
+            AttentionCaptureError: If a block has no ``attn.fused_attn``/``attn.attn_drop``
+                (not a timm ``Attention``), or if probes are already active.
+        """
+        if self._probing:
+            raise AttentionCaptureError(
+                "attention_probes() is already active on this backbone; nested probing "
+                "is not supported."
+            )
+        attns: list[Any] = []
+        for i, blk in enumerate(self.model.blocks):
+            attn = getattr(blk, "attn", None)
+            if not (
+                hasattr(attn, "fused_attn")
+                and isinstance(getattr(attn, "attn_drop", None), nn.Module)
+            ):
+                raise AttentionCaptureError(
+                    f"cannot capture attention of {self.model_name!r}: block {i} "
+                    f"({type(blk).__name__}) has no attn.fused_attn/attn.attn_drop of timm's "
+                    f"Attention; use a timm VisionTransformer with standard attention blocks."
+                )
+            attns.append(attn)
+        probes: list[Tensor] = []
+
+        def record(_module: nn.Module, args: tuple[Tensor, ...], _output: Tensor) -> None:
+            probes.append(args[0])
+
+        flags = [a.fused_attn for a in attns]
+        handles: list[RemovableHandle] = []
+        self._probing = True
+        try:
+            for a in attns:
+                a.fused_attn = False
+                handles.append(a.attn_drop.register_forward_hook(record))
+            yield probes
+        finally:
+            for h in handles:
+                h.remove()
+            for a, flag in zip(attns, flags, strict=True):
+                a.fused_attn = flag
+            self._probing = False
+
+    # ----------------------------------------------------------------- weights
+    def _load_file(self, file: Path) -> None:
+        state = load_state_dict_file(file)
+        try:
+            from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+        except ImportError:  # pragma: no cover - present in every supported timm
+            pass
+        else:
+            if isinstance(self.model, VisionTransformer):
+                # Converts OpenAI-CLIP / DINOv2 / ... layouts, resamples position embeddings.
+                state = checkpoint_filter_fn(state, self.model)
+        own = self.model.state_dict()
+        dropped = [
+            k
+            for k, v in state.items()
+            if k.startswith("head.") and k in own and own[k].shape != v.shape
+        ]
+        for k in dropped:
+            del state[k]
+        if dropped:
+            log.warning(
+                "%s: classifier in %s has another shape than num_classes=%d; keeping a fresh "
+                "head (%s).",
+                self.model_name,
+                file,
+                self._init_num_classes,
+                ", ".join(dropped),
+            )
+        result = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if k not in dropped]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"weights in {str(file)!r} do not fit {self.model_name!r} with the given "
+                f"arguments: missing {missing[:8]}, unexpected {result.unexpected_keys[:8]}. "
+                f"Check model_name, img_size, patch_size and model_kwargs."
+            )
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    vals = tuple(float(v) for v in values)
+    if len(vals) != 3:
+        raise ValueError(f"mean/std must have 3 values (RGB), got {vals}")
+    return vals[0], vals[1], vals[2]

@@ -1,0 +1,129 @@
+"""Attention-based relevance maps: the reference's gradient-weighted rollout, and plain rollout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from cfmask.backbones.base import VisionBackbone
+from cfmask.functional.relevance import attention_grad_rollout, attention_rollout
+from cfmask.relevance.base import RelevanceMap
+
+__all__ = ("AttentionGradRelevance", "AttentionRolloutRelevance")
+
+_EPS = 1e-8
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put ``module`` in eval mode and restore every submodule's own flag afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _check_inputs(backbone: VisionBackbone, images: Tensor, targets: Tensor) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if targets.ndim != 1 or targets.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"targets must be (B,) = ({images.shape[0]},) class indices, got {tuple(targets.shape)}"
+        )
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"targets must hold integer class indices, got {targets.dtype}")
+
+
+def _normalise(cam: Tensor) -> Tensor:
+    """Divide each image's scores by its maximum (no min subtraction), as the reference."""
+    return cam / (cam.amax(dim=1, keepdim=True) + _EPS)
+
+
+class AttentionGradRelevance(RelevanceMap):
+    """Gradient-weighted attention rollout seeded with the ground-truth logit ("MM-CAM").
+
+    The class activation map used by Xiao et al. (CVPR 2023, arXiv:2303.03052) for object
+    and context masks: Chefer et al.'s rule for self-attention (ICCV 2021) over *all*
+    blocks, ``R <- R + mean_h[(dy/dA * A)^+] R`` from ``R = I``, where ``A`` are the
+    per-head post-softmax probabilities and ``y = sum_i logit_i[target_i]`` is the sum of
+    the ground-truth logits (the 100-times scaled cosine logits of a zero-shot CLIP head). The map
+    is the CLS row over the patch tokens, divided by its per-image maximum (+1e-8),
+    without min subtraction.
+
+    The pass runs with gradients enabled (also inside ``torch.no_grad``), on detached
+    inputs, with the backbone temporarily in eval mode (every submodule's mode is
+    restored afterwards). Only ``torch.autograd.grad`` to the attention probabilities is
+    taken: no ``.backward()``, no parameter ``.grad`` is touched. Because the rollout is
+    not scale-invariant, the scale of the logits changes the map.
+
+    Example:
+        >>> import torch
+        >>> from cfmask.backbones import TimmViT
+        >>> vit = TimmViT("test_vit", num_classes=3, img_size=32, patch_size=8,
+        ...               model_kwargs={"depth": 2})
+        >>> scores = AttentionGradRelevance()(vit, torch.rand(2, 3, 32, 32), torch.tensor([0, 2]))
+        >>> scores.shape, bool(scores.max() <= 1)
+        (torch.Size([2, 16]), True)
+    """
+
+    def forward(self, backbone: VisionBackbone, images: Tensor, targets: Tensor) -> Tensor:
+        """Return ``(B, N)`` detached relevance scores in ``[0, 1]``.
+
+        Args:
+            backbone: The model to explain.
+            images: ``(B, C, H, W)`` pixels in ``[0, 1]``.
+            targets: ``(B,)`` ground-truth class indices (the seed logits).
+
+        Returns:
+            ``(B, N)`` scores, each row divided by its maximum.
+        """
+        _check_inputs(backbone, images, targets)
+        inputs = images.detach().clone().requires_grad_(True)  # keeps a graph for frozen models
+        with _eval_mode(backbone), torch.enable_grad(), backbone.attention_probes() as probes:
+            logits = backbone(inputs)
+            score = logits.gather(1, targets.long()[:, None]).sum()
+            grads = torch.autograd.grad(score, probes)
+            attentions = [p.detach() for p in probes]
+        cam = attention_grad_rollout(attentions, grads, backbone.num_prefix_tokens)
+        return _normalise(cam).detach()
+
+
+class AttentionRolloutRelevance(RelevanceMap):
+    """Gradient-free attention rollout (Abnar & Zuidema, ACL 2020), class-agnostic.
+
+    ``R = prod_l (0.5 I + 0.5 mean_h A_l)`` over all blocks; the CLS row over the patch
+    tokens, divided by its per-image maximum. ``targets`` are ignored. A cheaper,
+    label-free alternative to :class:`AttentionGradRelevance` (one forward pass under
+    ``no_grad``, backbone temporarily in eval mode).
+
+    Example:
+        >>> import torch
+        >>> from cfmask.backbones import TimmViT
+        >>> vit = TimmViT("test_vit", num_classes=3, img_size=32, patch_size=8,
+        ...               model_kwargs={"depth": 2})
+        >>> AttentionRolloutRelevance()(vit, torch.rand(2, 3, 32, 32), torch.tensor([0, 2])).shape
+        torch.Size([2, 16])
+    """
+
+    def forward(self, backbone: VisionBackbone, images: Tensor, targets: Tensor) -> Tensor:
+        """Return ``(B, N)`` detached relevance scores in ``[0, 1]``.
+
+        Args:
+            backbone: The model to explain.
+            images: ``(B, C, H, W)`` pixels in ``[0, 1]``.
+            targets: ``(B,)`` class indices (unused; kept for the common interface).
+
+        Returns:
+            ``(B, N)`` scores, each row divided by its maximum.
+        """
+        _check_inputs(backbone, images, targets)
+        with _eval_mode(backbone), torch.no_grad(), backbone.attention_probes() as probes:
+            backbone(images.detach())
+            cam = attention_rollout(list(probes), backbone.num_prefix_tokens)
+        return _normalise(cam).detach()
