@@ -1,4 +1,4 @@
-"""Writers of fake data trees in every supported layout (tiny JPEG/PNG files, no binaries in git)."""
+"""Writers of fake data trees in every supported layout (tiny files, no binaries in git)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 from PIL import Image
-
-from cfmask.data.imagenet import imagenet_a_wnids, imagenet_r_wnids, imagenet_wnids
 
 # ObjectNet fake: torch class index t <-> ILSVRC id (7 t + 3) mod 1000 (not the identity).
 OBJECTNET_FOLDERS = {
@@ -67,5 +65,3 @@ def make_objectnet(root: Path) -> Path:
         "".join(f"ilsvrc name {j}\n" for j in range(1000))
     )
     return base
-
-

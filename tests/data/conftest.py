@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # makes the _fake_trees helpers importable
+
 from _fake_trees import make_folder_set, make_objectnet
 
-from cfmask.data.imagenet import imagenet_a_wnids, imagenet_r_wnids, imagenet_wnids
+from cfmask.data.imagenet import (
+    imagenet_a_wnids,
+    imagenet_r_wnids,
+    imagenet_wnids,
+)
 
 
 @pytest.fixture(scope="session")

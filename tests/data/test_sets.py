@@ -10,6 +10,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from _fake_trees import make_folder_set, make_objectnet
 from PIL import Image
 
 from cfmask.data import (
@@ -31,8 +32,6 @@ from cfmask.data import (
 )
 from cfmask.data.folder import SkipLog
 from cfmask.data.ood import crop_border
-
-from _fake_trees import make_folder_set, make_objectnet
 
 pytestmark = pytest.mark.filterwarnings("ignore::cfmask.data.DataLayoutWarning")
 
@@ -65,7 +64,7 @@ def test_imagenet_v2_remap(data_root: Path) -> None:
     assert ds.targets[:4] == [0, 1, 10, 100]
     by_folder = {s.path.parent.name: ds.targets[s.class_index] for s in ds.samples}
     assert by_folder["10"] == 10 and by_folder["999"] == 999 and by_folder["2"] == 2
-    x, y = ds[2]
+    _, y = ds[2]
     assert y == 10
 
 
@@ -106,7 +105,7 @@ def test_objectnet_mapping_and_border(data_root: Path) -> None:
     assert target.nonzero().squeeze(1).tolist() == [409, 530]
     # 16x12 with a 2-px red border -> 12x8, all blue
     assert img.size == (12, 8)
-    r, g, b = img.getpixel((0, 0))
+    r, _, b = img.getpixel((0, 0))
     assert b > 200 and r < 60
 
 
@@ -156,7 +155,7 @@ def test_in_wnid_but_not_in_subset(tmp_path: Path) -> None:
 
 def test_v2_out_of_range(tmp_path: Path) -> None:
     make_folder_set(tmp_path / "v2", [*range(999), 1000])
-    with pytest.raises(DataLayoutError, match="out of range 0-999.*1000"):
+    with pytest.raises(DataLayoutError, match=r"out of range 0-999.*1000"):
         ImageNetV2(tmp_path / "v2")
 
 

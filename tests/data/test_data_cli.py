@@ -1,0 +1,52 @@
+"""`cfmask data check`: per-set counts vs expected, truncation and error reporting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cfmask.data.cli import check_layout, data_command
+
+
+def test_check_layout_reports_every_set(data_root: Path) -> None:
+    rep = check_layout(data_root)
+    by = {s.name: s for s in rep.sets}
+    assert list(by) == [
+        "imagenet_train",
+        "imagenet",
+        "imagenet_v2",
+        "imagenet_r",
+        "imagenet_sketch",
+        "objectnet",
+        "imagenet_a",
+    ]
+    assert rep.ok and set(rep.truncated) == set(by)
+    assert by["imagenet_train"].images == 2000 and by["imagenet_train"].expected_images == 1_281_167
+    assert by["imagenet_sketch"].path.endswith("sketch")
+    assert by["objectnet"].images == 8 and "12 images in all folders" in by["objectnet"].message
+    assert "FEWER images than published" in by["imagenet_r"].message
+
+
+def test_check_layout_missing_and_broken(tmp_path: Path, data_root: Path) -> None:
+    (tmp_path / "imagenet-r" / "n99999999").mkdir(parents=True)
+    rep = check_layout(tmp_path, sets=["imagenet_a", "imagenet_r"])
+    a, r = rep.sets
+    assert a.status == "missing" and str(tmp_path / "imagenet-a") in a.message
+    assert r.status == "error" and "n99999999" in r.message
+    assert not rep.ok
+
+
+def test_data_command(data_root: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report.json"
+    code = data_command(
+        ["check", "--root", str(data_root), "--sets", "imagenet_r", "--json", str(out)]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "truncated" in text and "WARNING" in text
+    assert json.loads(out.read_text())["sets"][0]["images"] == 200
+    assert (
+        data_command(["check", "--root", str(data_root), "--sets", "imagenet_r", "--strict"]) == 1
+    )
+    assert data_command(["check", "--root", str(tmp_path), "--sets", "imagenet_a"]) == 1
+    assert data_command(["frobnicate"]) == 2
