@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -469,6 +470,7 @@ def _build_clip(
 
 
 def _tokenizer(model_name: str, model_cfg: dict[str, Any] | None) -> Callable[[list[str]], Tensor]:
+    """The model's tokenizer (BPE vocabularies are loaded once per process)."""
     if model_cfg is None:
         tok: Callable[[list[str]], Tensor] = open_clip.get_tokenizer(model_name)
         return tok
@@ -479,7 +481,12 @@ def _tokenizer(model_name: str, model_cfg: dict[str, Any] | None) -> Callable[[l
             text_cfg["hf_tokenizer_name"], context_length=context
         )
         return hf
-    simple: Callable[[list[str]], Tensor] = open_clip.SimpleTokenizer(context_length=context)
+    return _simple_tokenizer(context)
+
+
+@functools.lru_cache(maxsize=4)
+def _simple_tokenizer(context_length: int) -> Callable[[list[str]], Tensor]:
+    simple: Callable[[list[str]], Tensor] = open_clip.SimpleTokenizer(context_length=context_length)
     return simple
 
 
