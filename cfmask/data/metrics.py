@@ -78,6 +78,11 @@ class EvalSet:
             and self.num_samples != self.expected_samples
         )
 
+    @property
+    def expected_size(self) -> int | None:
+        """Alias of ``expected_samples`` (the name ``cfmask.evaluation`` reads)."""
+        return self.expected_samples
+
     def metric(self) -> SubsetAccuracy:
         """Return a fresh :class:`SubsetAccuracy` configured for this set."""
         return SubsetAccuracy(self.num_classes, self.class_subset, self.multi_label)
