@@ -54,8 +54,16 @@ def docs(session: nox.Session) -> None:
     """Build the Sphinx docs, nitpicky, warnings as errors."""
     _setup(session)
     session.run(
-        _tool("sphinx-build"), "-n", "-T", "-W", "--keep-going", "-b", "html",
-        "docs", "docs/_build/html", external=True,
+        _tool("sphinx-build"),
+        "-n",
+        "-T",
+        "-W",
+        "--keep-going",
+        "-b",
+        "html",
+        "docs",
+        "docs/_build/html",
+        external=True,
     )
 
 
@@ -69,4 +77,6 @@ def demo(session: nox.Session) -> None:
 def benchmark(session: nox.Session) -> None:
     """Step throughput of every method (CPU tiny models by default)."""
     _setup(session)
-    session.run(_tool("python"), "benchmarks/step_throughput.py", *session.posargs, env=ENV, external=True)
+    session.run(
+        _tool("python"), "benchmarks/step_throughput.py", *session.posargs, env=ENV, external=True
+    )

@@ -97,11 +97,15 @@ def _wise(argv: Sequence[str]) -> int:
     )
     parser.add_argument("checkpoint", help="fine-tuned cfmask .ckpt (theta_1)")
     parser.add_argument(
-        "--alpha", type=float, nargs="+", default=[0.5],
+        "--alpha",
+        type=float,
+        nargs="+",
+        default=[0.5],
         help="one or more mixing coefficients in [0, 1] (default 0.5)",
     )
     parser.add_argument(
-        "--zeroshot", default=None,
+        "--zeroshot",
+        default=None,
         help="zero-shot weights (theta_0); default: the initial teacher stored in the "
         "checkpoint, else the pre-trained model rebuilt from its config",
     )
@@ -154,7 +158,7 @@ def main(args: ArgsType = None) -> int:
     Returns:
         The process exit status.
     """
-    argv = list(sys.argv[1:] if args is None else args)  # type: ignore[arg-type]
+    argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in _EXTRA_COMMANDS:
         return _EXTRA_COMMANDS[argv[0]](argv[1:])
     load_plugins()

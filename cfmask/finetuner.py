@@ -33,9 +33,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from cfmask.backbones.base import VisionBackbone
-from cfmask.evaluation import EvaluationResults, SetAccuracy, describe_test_sets
 from cfmask.losses import DistillationLoss, FeatureDistillationLoss
 from cfmask.masking.base import Counterfactual, Masker, Refiller
+from cfmask.metrics import OOD_AVG, EvalSet, SubsetAccuracy, describe_test_sets, ood_average
 from cfmask.relevance.base import RelevanceMap
 from cfmask.weights import check_compatible, read_model_weights
 
@@ -145,8 +145,9 @@ class CounterfactualFineTuner(pl.LightningModule):
         fuse_student_passes: bool = True,
     ) -> None:
         super().__init__()
-        _validate_options(lr, weight_decay, schedule, warmup_steps, pct_start,
-                          relevance_source, trainable)
+        _validate_options(
+            lr, weight_decay, schedule, warmup_steps, pct_start, relevance_source, trainable
+        )
         self.save_hyperparameters(ignore=[*_COMPONENTS, "distillation"])
 
         if masker is not None:
@@ -164,6 +165,7 @@ class CounterfactualFineTuner(pl.LightningModule):
         self.student = backbone
         if init_weights is not None:
             self._load_into(self.student, init_weights, "init_weights")
+        self._last_mask: Tensor | None = None
         self.masker = masker
         self.refiller = refiller
         self.relevance = relevance
@@ -185,9 +187,10 @@ class CounterfactualFineTuner(pl.LightningModule):
         self.hparams["distillation"] = [term.config() for term in distillation]
         self.hparams.setdefault("_instantiator", _INSTANTIATOR)
 
-        self.val_accuracy = SetAccuracy()
+        self.val_accuracy = SubsetAccuracy(num_classes=backbone.num_classes)
         self.test_accuracies = nn.ModuleList()
-        self._test_sets = describe_test_sets(None)
+        self.test_eval_sets: list[EvalSet] = []
+        self.test_results: dict[str, float] = {}
 
     # ------------------------------------------------------------------ setup
     def _build_teacher(self, source: str | None) -> VisionBackbone:
@@ -265,7 +268,8 @@ class CounterfactualFineTuner(pl.LightningModule):
             scores = self.relevance(source, images, targets)
         mask = self.masker(scores, batch_size, self.student.grid_size, images.device)
         self._last_mask = mask
-        return self.refiller(images.detach(), mask, self.student.patch_size)
+        cf: Counterfactual = self.refiller(images.detach(), mask, self.student.patch_size)
+        return cf
 
     # --------------------------------------------------------------- training
     def _student_outputs(
@@ -281,7 +285,7 @@ class CounterfactualFineTuner(pl.LightningModule):
             return feats, self.student.forward_head(feats), feats
         if plain_cf and self.hparams["fuse_student_passes"]:
             both = self.student.forward_features(torch.cat([images, cf.images]))
-            feats, feats_cf = both.split(images.shape[0])
+            feats, feats_cf = torch.split(both, images.shape[0])
             return feats, self.student.forward_head(feats), feats_cf
         feats = self.student.forward_features(images)
         feats_cf = self.student.forward_features(
@@ -308,7 +312,9 @@ class CounterfactualFineTuner(pl.LightningModule):
         loss_ce = F.cross_entropy(logits.float(), targets)
         loss_distill = logits.new_zeros((), dtype=torch.float32)
         for term in terms:
-            loss_distill = loss_distill + self._distill_term(term, images, cf, feats, logits, feats_cf)
+            loss_distill = loss_distill + self._distill_term(
+                term, images, cf, feats, logits, feats_cf
+            )
         return {
             "loss": loss_ce + loss_distill,
             "loss_ce": loss_ce,
@@ -325,7 +331,7 @@ class CounterfactualFineTuner(pl.LightningModule):
         logits: Tensor,
         feats_cf: Tensor | None,
     ) -> Tensor:
-        teacher = self.teachers[_teacher_key(term.teacher)]
+        teacher: VisionBackbone = self.teachers[_teacher_key(term.teacher)]  # type: ignore[assignment]
         on_cf = term.inputs == "counterfactual"
         student_feats = feats_cf if on_cf else feats
         assert student_feats is not None
@@ -344,10 +350,12 @@ class CounterfactualFineTuner(pl.LightningModule):
         result: Tensor = term(s_out, t_out)
         return result
 
-    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Sequence[Tensor] | None, batch_idx: int) -> Tensor | None:
         """One optimisation step of Eq. 2 (plus any extra distillation terms)."""
+        if batch is None:  # every image of the batch was skipped as unreadable
+            return None
         images, targets = batch[0], batch[1]
-        self._last_mask: Tensor | None = None
+        self._last_mask = None
         out = self.compute_losses(images, targets)
         bs = images.shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
@@ -358,8 +366,10 @@ class CounterfactualFineTuner(pl.LightningModule):
         return out["loss"]
 
     # ------------------------------------------------------------- evaluation
-    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Sequence[Tensor] | None, batch_idx: int) -> None:
         """Top-1 accuracy on the held-out split (drives best-checkpoint selection)."""
+        if batch is None:
+            return
         images, targets = batch[0], batch[1]
         logits = self.student(images)
         self.val_accuracy.update(logits, targets)
@@ -369,31 +379,45 @@ class CounterfactualFineTuner(pl.LightningModule):
     def on_test_start(self) -> None:
         """Create one accuracy metric per test set described by the datamodule."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        self._test_sets = describe_test_sets(datamodule)
-        self.test_accuracies = nn.ModuleList(
-            SetAccuracy(s.class_subset) for s in self._test_sets
-        ).to(self.device)
+        self.test_eval_sets = describe_test_sets(datamodule, self.student.num_classes)
+        for s in self.test_eval_sets:
+            if s.num_classes != self.student.num_classes:
+                raise ValueError(
+                    f"test set {s.name!r} is scored over {s.num_classes} classes but the "
+                    f"model has {self.student.num_classes} outputs; build the backbone's "
+                    "head for the datamodule's classes (e.g. its class_names)."
+                )
+        self.test_accuracies = nn.ModuleList(s.metric() for s in self.test_eval_sets).to(
+            self.device
+        )
 
-    def test_step(self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(
+        self, batch: Sequence[Tensor] | None, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         """Accumulate top-1 accuracy of test set ``dataloader_idx``."""
+        if batch is None:  # every image of the batch was skipped as unreadable
+            return
         if dataloader_idx >= len(self.test_accuracies):
             raise ValueError(
                 f"test dataloader {dataloader_idx} has no description; the datamodule "
-                f"names {len(self.test_accuracies)} test sets. Give it a "
-                "`test_set_names` list (and optionally `eval_sets`) matching its loaders."
+                f"describes {len(self.test_accuracies)} test sets. Give it an `eval_sets` "
+                "(or `test_set_names`) list matching its loaders."
             )
         images, targets = batch[0], batch[1]
-        self.test_accuracies[dataloader_idx].update(self.student(images), targets)
+        metric: SubsetAccuracy = self.test_accuracies[dataloader_idx]  # type: ignore[assignment]
+        metric.update(self.student(images), targets)
 
     def on_test_epoch_end(self) -> None:
         """Log ``test/<set>/acc1`` for each set and ``test/ood_avg/acc1``."""
-        accs = {
-            s.name: float(metric.compute())
-            for s, metric in zip(self._test_sets, self.test_accuracies, strict=True)
+        results = {
+            s.name: float(metric.compute())  # type: ignore[operator]
+            for s, metric in zip(self.test_eval_sets, self.test_accuracies, strict=True)
         }
-        results = EvaluationResults(accs, id_set=self._test_sets[0].name if self._test_sets else None)
-        for name, value in results.as_log_dict().items():
-            self.log(name, value, add_dataloader_idx=False)
+        id_names = [s.name for s in self.test_eval_sets if s.is_id]
+        if id_names and len(results) > 1:
+            results[OOD_AVG] = ood_average(results, id_names[0])
+        for name, value in results.items():
+            self.log(f"test/{name}/acc1", value, add_dataloader_idx=False)
         self.test_results = results
 
     # --------------------------------------------------------------- optimiser
@@ -411,7 +435,9 @@ class CounterfactualFineTuner(pl.LightningModule):
         """AdamW on the trainable parameters with the chosen per-step schedule."""
         hp = self.hparams
         optimizer = torch.optim.AdamW(
-            self.trainable_parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"],
+            self.trainable_parameters(),
+            lr=hp["lr"],
+            weight_decay=hp["weight_decay"],
             betas=tuple(hp["betas"]),
         )
         if hp["schedule"] == "constant":
@@ -426,15 +452,20 @@ class CounterfactualFineTuner(pl.LightningModule):
                     "use schedule='warmup_cosine'."
                 )
             scheduler = OneCycleLR(
-                optimizer, max_lr=hp["lr"], total_steps=total, pct_start=hp["pct_start"],
-                anneal_strategy="cos", cycle_momentum=True,
+                optimizer,
+                max_lr=hp["lr"],
+                total_steps=total,
+                pct_start=hp["pct_start"],
+                anneal_strategy="cos",
+                cycle_momentum=True,
             )
         else:
             warmup = int(hp["warmup_steps"])
-            scheduler = LambdaLR(
-                optimizer, lambda step: warmup_cosine_factor(step, warmup, total)
-            )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+            scheduler = LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, warmup, total))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def configure_gradient_clipping(
         self,
@@ -448,7 +479,8 @@ class CounterfactualFineTuner(pl.LightningModule):
             gradient_clip_algorithm = "norm"
         if gradient_clip_val:
             self.clip_gradients(
-                optimizer, gradient_clip_val=gradient_clip_val,
+                optimizer,
+                gradient_clip_val=gradient_clip_val,
                 gradient_clip_algorithm=gradient_clip_algorithm,
             )
 
@@ -464,8 +496,13 @@ class CounterfactualFineTuner(pl.LightningModule):
 
 
 def _validate_options(
-    lr: float, weight_decay: float, schedule: str, warmup_steps: int, pct_start: float,
-    relevance_source: str, trainable: str,
+    lr: float,
+    weight_decay: float,
+    schedule: str,
+    warmup_steps: int,
+    pct_start: float,
+    relevance_source: str,
+    trainable: str,
 ) -> None:
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
@@ -480,6 +517,8 @@ def _validate_options(
     if not 0.0 < pct_start < 1.0:
         raise ValueError(f"pct_start must be in (0, 1), got {pct_start}")
     if relevance_source not in ("student", "teacher"):
-        raise ValueError(f"relevance_source must be 'student' or 'teacher', got {relevance_source!r}")
+        raise ValueError(
+            f"relevance_source must be 'student' or 'teacher', got {relevance_source!r}"
+        )
     if trainable not in ("all", "head"):
         raise ValueError(f"trainable must be 'all' or 'head', got {trainable!r}")

@@ -93,9 +93,7 @@ def _check_common(weight: float, inputs: str) -> None:
     if weight < 0:
         raise ValueError(f"distillation weight must be >= 0, got {weight}")
     if inputs not in ("counterfactual", "clean"):
-        raise ValueError(
-            f"inputs must be 'counterfactual' or 'clean', got {inputs!r}"
-        )
+        raise ValueError(f"inputs must be 'counterfactual' or 'clean', got {inputs!r}")
 
 
 class DistillationLoss(Component):
@@ -112,9 +110,7 @@ class DistillationLoss(Component):
 
     target: ClassVar[Literal["features", "logits"]]
 
-    def __init__(
-        self, weight: float, inputs: DistillInputs, teacher: str | None
-    ) -> None:
+    def __init__(self, weight: float, inputs: DistillInputs, teacher: str | None) -> None:
         super().__init__()
         _check_common(weight, inputs)
         self.weight = weight
@@ -202,4 +198,3 @@ class LogitDistillationLoss(DistillationLoss):
     def unweighted(self, student: Tensor, teacher: Tensor) -> Tensor:
         """``T**2 * KL`` with ``batchmean`` reduction."""
         return logit_distillation(student, teacher, self.temperature)
-

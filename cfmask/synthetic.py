@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from cfmask.evaluation import EvalSet
+from cfmask.metrics import EvalSet
 
 __all__ = ("SyntheticDataModule", "make_synthetic_images")
 
@@ -49,7 +49,9 @@ def make_synthetic_images(
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(num_images) % num_classes
     labels = labels[torch.randperm(num_images, generator=gen)]
-    images = patterns[labels] + noise * torch.randn(num_images, 3, image_size, image_size, generator=gen)
+    images = patterns[labels] + noise * torch.randn(
+        num_images, 3, image_size, image_size, generator=gen
+    )
     side = max(1, image_size // 4)
     corners = torch.randint(0, image_size - side + 1, (num_images, 2), generator=gen)
     for i, (r, c) in enumerate(corners.tolist()):
@@ -93,18 +95,26 @@ class SyntheticDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.seed = seed
         self.class_names = [f"class {i}" for i in range(num_classes)]
-        self.eval_sets = [EvalSet(name=n) for n in self.test_set_names]
+        self.eval_sets = [
+            EvalSet(name=n, num_classes=num_classes, num_samples=test_size, is_id=(i == 0))
+            for i, n in enumerate(self.test_set_names)
+        ]
 
     def _split(self, size: int, noise: float, offset: int) -> TensorDataset:
-        x, y = make_synthetic_images(size, self.num_classes, self.image_size, noise, self.seed + offset)
+        x, y = make_synthetic_images(
+            size, self.num_classes, self.image_size, noise, self.seed + offset
+        )
         return TensorDataset(x, y)
 
     def train_dataloader(self) -> DataLoader[tuple[Tensor, ...]]:
         """Shuffled training batches of equal size."""
         gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(
-            self._split(self.train_size, 0.05, 1), batch_size=self.batch_size,
-            shuffle=True, drop_last=True, generator=gen,
+            self._split(self.train_size, 0.05, 1),
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=gen,
         )
 
     def val_dataloader(self) -> DataLoader[tuple[Tensor, ...]]:
@@ -114,6 +124,8 @@ class SyntheticDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader[tuple[Tensor, ...]]]:
         """One loader per name in :attr:`test_set_names`, noisier for each shift."""
         return [
-            DataLoader(self._split(self.test_size, 0.05 + 0.15 * i, 10 + i), batch_size=self.batch_size)
+            DataLoader(
+                self._split(self.test_size, 0.05 + 0.15 * i, 10 + i), batch_size=self.batch_size
+            )
             for i in range(len(self.test_set_names))
         ]

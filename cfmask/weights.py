@@ -29,7 +29,7 @@ __all__ = (
 )
 
 STUDENT_PREFIX = "student."
-"""Prefix of the fine-tuned model's keys in a :class:`~cfmask.CounterfactualFineTuner` state dict."""
+"""Prefix of the fine-tuned model's keys in a fine-tuner's state dict."""
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -20,8 +20,11 @@ CONFIGS = ROOT / "examples" / "configs"
 
 def _stacks() -> list[list[str]]:
     """Every example YAML, each stacked the way the README documents."""
-    base = [str(CONFIGS / "backbone" / "openclip_vitb32.yaml"), str(CONFIGS / "data" / "imagenet_ood.yaml"),
-            str(CONFIGS / "trainer" / "paper.yaml")]
+    base = [
+        str(CONFIGS / "backbone" / "openclip_vitb32.yaml"),
+        str(CONFIGS / "data" / "imagenet_ood.yaml"),
+        str(CONFIGS / "trainer" / "paper.yaml"),
+    ]
     stacks = []
     for path in sorted(CONFIGS.rglob("*.yaml")):
         if path.parent.name == "smoke":
@@ -33,7 +36,9 @@ def _stacks() -> list[list[str]]:
     return stacks
 
 
-@pytest.mark.parametrize("stack", _stacks(), ids=lambda s: Path(s[-1]).relative_to(CONFIGS).as_posix())
+@pytest.mark.parametrize(
+    "stack", _stacks(), ids=lambda s: Path(s[-1]).relative_to(CONFIGS).as_posix()
+)
 def test_every_example_config_parses(stack, capsys):
     args = ["fit"]
     for path in stack:
@@ -57,8 +62,16 @@ def test_fit_and_test_through_the_cli(tmp_path):
 
 def test_user_masker_plugin_by_class_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "examples" / "plugin_masker"))
-    main(["fit", "-c", TINY, f"--trainer.default_root_dir={tmp_path}",
-          "--model.masker=checkerboard_masker.CheckerboardMasker", "--model.masker.phase=1"])
+    main(
+        [
+            "fit",
+            "-c",
+            TINY,
+            f"--trainer.default_root_dir={tmp_path}",
+            "--model.masker=checkerboard_masker.CheckerboardMasker",
+            "--model.masker.phase=1",
+        ]
+    )
     ckpt = sorted(tmp_path.rglob("*.ckpt"))[0]
     model = CounterfactualFineTuner.load_from_checkpoint(ckpt)
     assert type(model.masker).__name__ == "CheckerboardMasker" and model.masker.phase == 1
@@ -67,7 +80,9 @@ def test_user_masker_plugin_by_class_path(tmp_path, monkeypatch):
 def test_entry_point_plugins_get_short_names(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT / "examples" / "plugin_masker"))
     ep = EntryPoint(name="checkerboard", value="checkerboard_masker", group=cli.PLUGIN_GROUP)
-    monkeypatch.setattr(cli, "entry_points", lambda group: [ep] if group == cli.PLUGIN_GROUP else [])
+    monkeypatch.setattr(
+        cli, "entry_points", lambda group: [ep] if group == cli.PLUGIN_GROUP else []
+    )
     assert cli.load_plugins() == ["checkerboard"]
     with pytest.raises(SystemExit):
         main(["fit", "-c", TINY, "--model.masker=CheckerboardMasker", "--print_config"])
@@ -92,13 +107,26 @@ def test_unknown_component_is_a_clear_error(capsys):
 
 def test_bad_threshold_in_config_names_the_range(tmp_path):
     with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\] \(inclusive\), got 1.5"):
-        main(["fit", "-c", TINY, f"--trainer.default_root_dir={tmp_path}", "--model.masker.threshold=1.5"])
+        main(
+            [
+                "fit",
+                "-c",
+                TINY,
+                f"--trainer.default_root_dir={tmp_path}",
+                "--model.masker.threshold=1.5",
+            ]
+        )
 
 
 def test_wise_and_soup_commands(tmp_path, capsys):
     main(["fit", "-c", TINY, f"--trainer.default_root_dir={tmp_path}"])
     ckpt = sorted(tmp_path.rglob("last*.ckpt"))[0]
-    assert main(["wise", str(ckpt), "--alpha", "0", "0.5", "1", "--output-dir", str(tmp_path / "wise")]) == 0
+    assert (
+        main(
+            ["wise", str(ckpt), "--alpha", "0", "0.5", "1", "--output-dir", str(tmp_path / "wise")]
+        )
+        == 0
+    )
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     w0 = torch.load(tmp_path / "wise" / "wise_alpha0.00.ckpt", weights_only=True)["state_dict"]
     w5 = torch.load(tmp_path / "wise" / "wise_alpha0.50.ckpt", weights_only=True)["state_dict"]
@@ -106,17 +134,35 @@ def test_wise_and_soup_commands(tmp_path, capsys):
     key = "student.model.head.weight"
     torch.testing.assert_close(w0[key], state["teachers.initial.model.head.weight"])
     torch.testing.assert_close(w1[key], state[key])
-    torch.testing.assert_close(w5[key], 0.5 * (state[key] + state["teachers.initial.model.head.weight"]))
+    torch.testing.assert_close(
+        w5[key], 0.5 * (state[key] + state["teachers.initial.model.head.weight"])
+    )
     soup = tmp_path / "soup.ckpt"
-    assert main(["soup", str(ckpt), str(tmp_path / "wise" / "wise_alpha0.00.ckpt"), "--output", str(soup)]) == 0
+    assert (
+        main(
+            [
+                "soup",
+                str(ckpt),
+                str(tmp_path / "wise" / "wise_alpha0.00.ckpt"),
+                "--output",
+                str(soup),
+            ]
+        )
+        == 0
+    )
     avg = torch.load(soup, weights_only=True)["state_dict"][key]
     torch.testing.assert_close(avg, 0.5 * (state[key] + w0[key]))
     CounterfactualFineTuner.load_from_checkpoint(soup)
 
 
 def test_python_module_entry_point_help():
-    out = subprocess.run([sys.executable, "-m", "cfmask", "--help"], capture_output=True, text=True, check=True,
-                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-m", "cfmask", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert "fit" in out.stdout and "test" in out.stdout
 
 

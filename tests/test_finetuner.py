@@ -19,7 +19,7 @@ from cfmask.masking.refillers import ConstantRefiller, MultiImageRefiller, Singl
 from cfmask.synthetic import SyntheticDataModule
 
 
-class CheckerboardMasker(Masker):
+class ParityMasker(Masker):
     """Deterministic test masker: masks patches where (row + col) is even."""
 
     requires_relevance: ClassVar[bool] = False
@@ -52,7 +52,7 @@ def _perturb(module: torch.nn.Module) -> None:
 
 def test_loss_matches_independent_recomputation(tiny_timm_config):
     model = CounterfactualFineTuner(
-        _backbone(tiny_timm_config), masker=CheckerboardMasker(), refiller=ConstantRefiller(0.0)
+        _backbone(tiny_timm_config), masker=ParityMasker(), refiller=ConstantRefiller(0.0)
     )
     initial = copy.deepcopy(model.student).eval()
     _perturb(model.student)
@@ -75,7 +75,7 @@ def test_loss_matches_independent_recomputation(tiny_timm_config):
     torch.testing.assert_close(out["loss"], ce + fd, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("masker", [None, CheckerboardMasker()])
+@pytest.mark.parametrize("masker", [None, ParityMasker()])
 def test_fused_student_pass_matches_separate_passes(tiny_timm_config, masker):
     torch.manual_seed(0)
     base = CounterfactualFineTuner(
@@ -117,7 +117,8 @@ def test_vanilla_fine_tuning_has_no_teacher(tiny_timm_config):
 
 def test_kd_term_uses_temperature_on_logits(tiny_timm_config):
     model = CounterfactualFineTuner(
-        _backbone(tiny_timm_config), distillation=[LogitDistillationLoss(weight=1.0, temperature=10.0)]
+        _backbone(tiny_timm_config),
+        distillation=[LogitDistillationLoss(weight=1.0, temperature=10.0)],
     )
     teacher = copy.deepcopy(model.student).eval()
     _perturb(model.student)
@@ -132,9 +133,16 @@ def test_kd_term_uses_temperature_on_logits(tiny_timm_config):
 
 def _fit(model: CounterfactualFineTuner, tmp_path, steps: int = 2, **trainer_kwargs) -> pl.Trainer:
     trainer = pl.Trainer(
-        max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
-        limit_val_batches=1, **trainer_kwargs,
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        **trainer_kwargs,
     )
     trainer.fit(model, datamodule=SyntheticDataModule(batch_size=4, train_size=16))
     return trainer
@@ -152,7 +160,9 @@ def test_teacher_stays_frozen_while_student_trains(tiny_timm_config, tmp_path):
     assert all(not p.requires_grad for p in teacher.parameters())
     for k, v in teacher.state_dict().items():
         torch.testing.assert_close(v, teacher_before[k])
-    changed = [k for k, v in model.student.state_dict().items() if not torch.equal(v, student_before[k])]
+    changed = [
+        k for k, v in model.student.state_dict().items() if not torch.equal(v, student_before[k])
+    ]
     assert changed
 
 
@@ -180,7 +190,9 @@ def test_checkpoint_round_trip_rebuilds_every_component(tiny_timm_config, tmp_pa
         lr=1e-3,
     )
     trainer = _fit(model, tmp_path)
-    path = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    path = (
+        trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    )
     assert path
     restored = CounterfactualFineTuner.load_from_checkpoint(path)  # weights_only=True default
     assert isinstance(restored.masker, RandomMasker) and restored.masker.ratio == 0.25
@@ -236,17 +248,19 @@ def test_teacher_from_checkpoint_for_wise_kd(tiny_timm_config, tmp_path):
     torch.save(donor.state_dict(), path)
     model = CounterfactualFineTuner(
         _backbone(tiny_timm_config),
-        masker=CheckerboardMasker(),
+        masker=ParityMasker(),
         refiller=ConstantRefiller(0.0),
         distillation=[FeatureDistillationLoss(), LogitDistillationLoss(teacher=str(path))],
     )
     assert len(model.teachers) == 2 and "initial" in model.teachers
-    wise_teacher = model.teachers[[k for k in model.teachers if k != "initial"][0]]
+    wise_teacher = model.teachers[next(k for k in model.teachers if k != "initial")]
     for k, v in donor.state_dict().items():
         torch.testing.assert_close(wise_teacher.state_dict()[k], v)
     missing = tmp_path / "missing.pt"
     with pytest.raises(FileNotFoundError, match="teacher checkpoint not found"):
-        CounterfactualFineTuner(_backbone(tiny_timm_config), distillation=[LogitDistillationLoss(teacher=str(missing))])
+        CounterfactualFineTuner(
+            _backbone(tiny_timm_config), distillation=[LogitDistillationLoss(teacher=str(missing))]
+        )
 
 
 def test_schedules():
@@ -254,7 +268,9 @@ def test_schedules():
     assert warmup_cosine_factor(499, 500, 1000) == pytest.approx(1.0)
     assert warmup_cosine_factor(750, 500, 1000) == pytest.approx(0.5)
     assert warmup_cosine_factor(1000, 500, 1000) == pytest.approx(0.0)
-    assert warmup_cosine_factor(600, 500, 1000) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.2)))
+    assert warmup_cosine_factor(600, 500, 1000) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 0.2))
+    )
 
 
 def test_onecycle_cycles_beta1_like_the_reference(tiny_timm_config, tmp_path):
@@ -270,11 +286,20 @@ def test_onecycle_cycles_beta1_like_the_reference(tiny_timm_config, tmp_path):
 
 def test_test_loop_logs_each_set_and_ood_average(tiny_timm_config, tmp_path):
     model = CounterfactualFineTuner(_backbone(tiny_timm_config), distillation=[])
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
     dm = SyntheticDataModule(batch_size=4, test_sets=["id", "noisy", "noisier"])
     metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
-    assert set(metrics) == {"test/id/acc1", "test/noisy/acc1", "test/noisier/acc1", "test/ood_avg/acc1"}
-    assert metrics["test/ood_avg/acc1"] == pytest.approx((metrics["test/noisy/acc1"] + metrics["test/noisier/acc1"]) / 2)
+    assert set(metrics) == {
+        "test/id/acc1",
+        "test/noisy/acc1",
+        "test/noisier/acc1",
+        "test/ood_avg/acc1",
+    }
+    assert metrics["test/ood_avg/acc1"] == pytest.approx(
+        (metrics["test/noisy/acc1"] + metrics["test/noisier/acc1"]) / 2
+    )
     # Independent recount for the first set.
     hits = total = 0
     with torch.no_grad():

@@ -28,7 +28,16 @@ from cfmask.data.imagenet import (
     imagenet_r_wnids,
     imagenet_wnids,
 )
-from cfmask.data.metrics import (
+from cfmask.data.ood import (
+    ImageNetA,
+    ImageNetR,
+    ImageNetSketch,
+    ImageNetV2,
+    ObjectNet,
+    load_objectnet_mapping,
+)
+from cfmask.data.transforms import eval_transform, train_transform, transforms_from_config
+from cfmask.metrics import (
     EvalSet,
     SubsetAccuracy,
     make_test_metrics,
@@ -39,15 +48,6 @@ from cfmask.data.metrics import (
     top1_correct,
     write_results,
 )
-from cfmask.data.ood import (
-    ImageNetA,
-    ImageNetR,
-    ImageNetSketch,
-    ImageNetV2,
-    ObjectNet,
-    load_objectnet_mapping,
-)
-from cfmask.data.transforms import eval_transform, train_transform, transforms_from_config
 
 __all__ = (
     "EXPECTED_COUNTS",

@@ -32,9 +32,9 @@ from cfmask.data.folder import (
     list_images,
 )
 from cfmask.data.imagenet import ImageNet, imagenet_class_names
-from cfmask.data.metrics import EvalSet
 from cfmask.data.ood import ImageNetA, ImageNetR, ImageNetSketch, ImageNetV2, ObjectNet
 from cfmask.data.transforms import eval_transform, train_transform
+from cfmask.metrics import EvalSet
 
 __all__ = (
     "FOLDER_ALIASES",

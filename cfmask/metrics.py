@@ -29,8 +29,10 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 __all__ = (
+    "OOD_AVG",
     "EvalSet",
     "SubsetAccuracy",
+    "describe_test_sets",
     "make_test_metrics",
     "ood_average",
     "project_logits",
@@ -80,7 +82,7 @@ class EvalSet:
 
     @property
     def expected_size(self) -> int | None:
-        """Alias of ``expected_samples`` (the name ``cfmask.evaluation`` reads)."""
+        """Alias of ``expected_samples``."""
         return self.expected_samples
 
     def metric(self) -> SubsetAccuracy:
@@ -233,6 +235,29 @@ class SubsetAccuracy(Metric):
         if int(self.total) == 0:
             return torch.tensor(float("nan"))
         return self.correct.float() / self.total
+
+
+def describe_test_sets(datamodule: Any, num_classes: int) -> list[EvalSet]:
+    """Return one :class:`EvalSet` per test loader of ``datamodule``.
+
+    A datamodule describes its sets with ``eval_sets`` (preferred) or just names
+    them with ``test_set_names``; the first named set is then taken as the ID set.
+    Without either, a single ID set called ``"test"`` is assumed.
+
+    Args:
+        datamodule: The trainer's datamodule, or ``None``.
+        num_classes: Width of the model's logits.
+
+    Returns:
+        The set descriptions, in loader order.
+    """
+    sets = getattr(datamodule, "eval_sets", None)
+    if sets:
+        return list(sets)
+    names = getattr(datamodule, "test_set_names", None) or ["test"]
+    return [
+        EvalSet(name=str(n), num_classes=num_classes, is_id=(i == 0)) for i, n in enumerate(names)
+    ]
 
 
 def make_test_metrics(eval_sets: Sequence[EvalSet]) -> nn.ModuleDict:
