@@ -143,6 +143,7 @@ class CounterfactualFineTuner(pl.LightningModule):
         trainable: Literal["all", "head"] = "all",
         init_weights: str | None = None,
         fuse_student_passes: bool = True,
+        share_relevance_pass: bool = True,
     ) -> None:
         super().__init__()
         _validate_options(
@@ -233,12 +234,16 @@ class CounterfactualFineTuner(pl.LightningModule):
             )
 
     # --------------------------------------------------------- counterfactual
-    def make_counterfactual(self, images: Tensor, targets: Tensor) -> Counterfactual:
+    def make_counterfactual(
+        self, images: Tensor, targets: Tensor, scores: Tensor | None = None
+    ) -> Counterfactual:
         """Build the counterfactual view of a batch (detached).
 
         Args:
             images: ``(B, C, H, W)`` pixels in ``[0, 1]``.
             targets: ``(B,)`` ground-truth class indices.
+            scores: Precomputed ``(B, N)`` relevance; computed here when the masker
+                needs it and none is given.
 
         Returns:
             The :class:`~cfmask.masking.Counterfactual`; ``x_cf = x`` without a masker.
@@ -253,45 +258,61 @@ class CounterfactualFineTuner(pl.LightningModule):
                 f"{batch_size}. Use a larger batch size and drop_last=True in the "
                 "training loader."
             )
-        scores = None
-        if self.masker.requires_relevance:
-            if self.relevance is None:
-                raise ValueError(
-                    f"{type(self.masker).__name__} needs relevance scores but no "
-                    "relevance map is configured."
-                )
+        if scores is None and self.masker.requires_relevance:
+            relevance = self._require_relevance()
             source = (
                 self.student
                 if self.hparams["relevance_source"] == "student"
                 else self.teachers[INITIAL_TEACHER]
             )
-            scores = self.relevance(source, images, targets)
+            scores = relevance(source, images, targets)
         mask = self.masker(scores, batch_size, self.student.grid_size, images.device)
         self._last_mask = mask
         cf: Counterfactual = self.refiller(images.detach(), mask, self.student.patch_size)
         return cf
 
+    def _require_relevance(self) -> RelevanceMap:
+        if self.relevance is None:
+            raise ValueError(
+                f"{type(self.masker).__name__} needs relevance scores but no relevance "
+                "map is configured; set `relevance` (e.g. AttentionGradRelevance)."
+            )
+        return self.relevance
+
+    def can_share_relevance_pass(self) -> bool:
+        """Whether the relevance pass can also provide the clean-batch logits.
+
+        True when ``share_relevance_pass`` is on, the masker needs relevance from the
+        student, and the student computes the same function in train and eval mode
+        (no active dropout, drop-path or batch norm), since the reference computes
+        the map in eval mode.
+        """
+        return bool(
+            self.hparams["share_relevance_pass"]
+            and self.masker is not None
+            and self.masker.requires_relevance
+            and self.hparams["relevance_source"] == "student"
+            and not (self.student.training and has_stochastic_layers(self.student))
+        )
+
     # --------------------------------------------------------------- training
-    def _student_outputs(
-        self, images: Tensor, cf: Counterfactual, need_cf: bool
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Return student features on x, logits on x and features on x_cf."""
+    def _student_features(self, images: Tensor, cf: Counterfactual) -> tuple[Tensor, Tensor]:
+        """Student features on ``x`` and on ``x_cf`` (one batched pass where possible)."""
         plain_cf = cf.keep_index is None and cf.key_mask is None
-        if not need_cf:
-            feats = self.student.forward_features(images)
-            return feats, self.student.forward_head(feats), None
         if cf.images is images and plain_cf:
             feats = self.student.forward_features(images)
-            return feats, self.student.forward_head(feats), feats
+            return feats, feats
         if plain_cf and self.hparams["fuse_student_passes"]:
             both = self.student.forward_features(torch.cat([images, cf.images]))
             feats, feats_cf = torch.split(both, images.shape[0])
-            return feats, self.student.forward_head(feats), feats_cf
+            return feats, feats_cf
         feats = self.student.forward_features(images)
-        feats_cf = self.student.forward_features(
+        return feats, self._student_cf_features(cf)
+
+    def _student_cf_features(self, cf: Counterfactual) -> Tensor:
+        return self.student.forward_features(
             cf.images, keep_index=cf.keep_index, key_mask=cf.key_mask
         )
-        return feats, self.student.forward_head(feats), feats_cf
 
     def compute_losses(self, images: Tensor, targets: Tensor) -> dict[str, Tensor]:
         """Compute every term of the objective for one batch.
@@ -306,9 +327,20 @@ class CounterfactualFineTuner(pl.LightningModule):
         """
         self.student.check_image_size(images)
         terms: Sequence[DistillationLoss] = list(self.distillation)  # type: ignore[arg-type]
-        need_cf = any(t.inputs == "counterfactual" for t in terms)
-        cf = self.make_counterfactual(images, targets) if need_cf else Counterfactual(images)
-        feats, logits, feats_cf = self._student_outputs(images, cf, need_cf)
+        feats_cf: Tensor | None = None
+        if not any(t.inputs == "counterfactual" for t in terms):
+            cf = Counterfactual(images)
+            feats = self.student.forward_features(images)
+            logits = self.student.forward_head(feats)
+        elif self.can_share_relevance_pass():
+            shared = self._require_relevance().forward_with_outputs(self.student, images, targets)
+            feats, logits = shared.features, shared.logits
+            cf = self.make_counterfactual(images, targets, scores=shared.scores)
+            feats_cf = self._student_cf_features(cf)
+        else:
+            cf = self.make_counterfactual(images, targets)
+            feats, feats_cf = self._student_features(images, cf)
+            logits = self.student.forward_head(feats)
         loss_ce = F.cross_entropy(logits.float(), targets)
         loss_distill = logits.new_zeros((), dtype=torch.float32)
         for term in terms:
@@ -493,6 +525,28 @@ class CounterfactualFineTuner(pl.LightningModule):
     def student_state_dict(self) -> Mapping[str, Tensor]:
         """The fine-tuned model's weights (without teachers)."""
         return self.student.state_dict()
+
+
+def has_stochastic_layers(module: nn.Module) -> bool:
+    """Whether ``module`` has layers whose train-mode output differs from eval mode.
+
+    Dropout with ``p > 0``, stochastic depth (timm ``DropPath``) with a positive
+    rate, and batch norm.
+
+    Args:
+        module: Any module.
+
+    Returns:
+        ``True`` if such a layer exists.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return True
+        if type(m).__name__ == "DropPath" and float(getattr(m, "drop_prob", 0.0)) > 0:
+            return True
+    return False
 
 
 def _validate_options(

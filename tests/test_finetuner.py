@@ -321,3 +321,37 @@ def test_object_masker_uses_default_relevance(tiny_timm_config):
     assert all(p.grad is None for p in model.student.parameters())
     changed = (cf.images != x).flatten(1).any(1)
     assert changed.shape == (4,)
+
+
+@pytest.mark.parametrize("refiller", [SingleImageRefiller(allow_self=False), MultiImageRefiller()])
+def test_shared_relevance_pass_matches_separate_passes(tiny_timm_config, refiller):
+    base = CounterfactualFineTuner(
+        _backbone(tiny_timm_config), masker=ObjectMasker(0.3), refiller=refiller
+    )
+    _perturb(base.student)
+    base.train()
+    x, y = _batch()
+    results = []
+    for share in (True, False):
+        model = copy.deepcopy(base)
+        model.hparams["share_relevance_pass"] = share
+        assert model.can_share_relevance_pass() is share
+        torch.manual_seed(7)  # same donors in both runs
+        out = model.compute_losses(x, y)
+        grads = torch.autograd.grad(out["loss"], list(model.student.parameters()))
+        assert all(p.grad is None for p in model.student.parameters())
+        results.append((out["loss"].detach(), out["loss_distill"].detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+    for g0, g1 in zip(results[0][2], results[1][2], strict=True):
+        torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-6)
+
+
+def test_relevance_pass_is_not_shared_with_stochastic_layers(tiny_timm_config):
+    cfg = dict(tiny_timm_config)
+    cfg["model_kwargs"] = dict(cfg["model_kwargs"], drop_path_rate=0.1)
+    model = CounterfactualFineTuner(_backbone(cfg), masker=ObjectMasker(0.3))
+    model.train()
+    assert not model.can_share_relevance_pass()
+    model.eval()
+    assert model.can_share_relevance_pass()

@@ -1,6 +1,11 @@
 """Relevance maps: per-patch class activation scores."""
 
 from cfmask.relevance.attention import AttentionGradRelevance, AttentionRolloutRelevance
-from cfmask.relevance.base import RelevanceMap
+from cfmask.relevance.base import RelevanceMap, RelevanceWithOutputs
 
-__all__ = ("AttentionGradRelevance", "AttentionRolloutRelevance", "RelevanceMap")
+__all__ = (
+    "AttentionGradRelevance",
+    "AttentionRolloutRelevance",
+    "RelevanceMap",
+    "RelevanceWithOutputs",
+)
