@@ -28,7 +28,7 @@ import cfmask  # noqa: E402
 # -- Project -------------------------------------------------------------------
 project = "cfmask"
 author = "cfmask developers"
-copyright = "cfmask developers"  # noqa: A001
+copyright = "cfmask developers"
 release = cfmask.__version__
 version = release
 
@@ -88,25 +88,40 @@ intersphinx_timeout = 10
 # External types that intersphinx resolves when online; offline (or for projects
 # without a Sphinx inventory: timm, open_clip, rich, jsonargparse, PIL) they stay
 # plain text instead of failing the nitpicky build.
-_EXTERNAL = r"(torch|lightning|pytorch_lightning|torchmetrics|torchvision|timm|open_clip|numpy|np|PIL|rich|jsonargparse|argparse|matplotlib)"
+_EXTERNAL = (
+    r"(torch|lightning|pytorch_lightning|torchmetrics|torchvision|timm|open_clip"
+    r"|numpy|np|PIL|rich|jsonargparse|argparse|matplotlib)"
+)
 nitpick_ignore_regex = [
     (r"py:.*", _EXTERNAL + r"(\..*)?"),
     # Short names produced by type hints and napoleon for common external types.
-    (r"py:.*", r"(Tensor|Module|Generator|Dataset|DataLoader|LightningModule|LightningDataModule"
-     r"|Trainer|Callback|Optimizer|LRScheduler|Metric|Image|Table|Console|ArgsType"
-     r"|LightningArgumentParser|device|dtype|Size|Parameter|nn\..*)"),
+    (
+        r"py:.*",
+        r"(Tensor|Module|Generator|Dataset|DataLoader|LightningModule|LightningDataModule"
+        r"|Trainer|Callback|Optimizer|LRScheduler|Metric|Image|Table|Console|ArgsType"
+        r"|LightningArgumentParser|device|dtype|Size|Parameter|nn\..*)",
+    ),
 ]
 if not intersphinx_mapping:
     # Python's standard library: only resolvable through intersphinx.
     nitpick_ignore_regex += [
-        (r"py:.*", r"(collections|collections\.abc|typing|pathlib|os|io|json|csv|copy|"
-         r"importlib|dataclasses|enum|abc|warnings|contextlib|functools|types)(\..*)?"),
-        (r"py:.*", r"(Path|PathLike|Sequence|Mapping|Iterable|Iterator|Callable|Any|Literal|"
-         r"ClassVar|Optional|Union|Self|TypeVar|Enum|Protocol|datetime)"),
-        (r"py:(class|exc|obj|data|func)", r"(int|float|str|bool|bytes|list|dict|tuple|set|"
-         r"frozenset|object|type|None|NoneType|Ellipsis|ValueError|TypeError|KeyError|"
-         r"RuntimeError|AssertionError|AttributeError|ImportError|FileNotFoundError|"
-         r"OSError|UserWarning|Warning|Exception|NotImplementedError|IndexError)"),
+        (
+            r"py:.*",
+            r"(collections|collections\.abc|typing|pathlib|os|io|json|csv|copy|"
+            r"importlib|dataclasses|enum|abc|warnings|contextlib|functools|types)(\..*)?",
+        ),
+        (
+            r"py:.*",
+            r"(Path|PathLike|Sequence|Mapping|Iterable|Iterator|Callable|Any|Literal|"
+            r"ClassVar|Optional|Union|Self|TypeVar|Enum|Protocol|datetime)",
+        ),
+        (
+            r"py:(class|exc|obj|data|func)",
+            r"(int|float|str|bool|bytes|list|dict|tuple|set|"
+            r"frozenset|object|type|None|NoneType|Ellipsis|ValueError|TypeError|KeyError|"
+            r"RuntimeError|AssertionError|AttributeError|ImportError|FileNotFoundError|"
+            r"OSError|UserWarning|Warning|Exception|NotImplementedError|IndexError)",
+        ),
     ]
 
 # -- HTML --------------------------------------------------------------------------
