@@ -24,12 +24,6 @@ from cfmask.masking import (
 from cfmask.relevance import AttentionGradRelevance, AttentionRolloutRelevance
 from cfmask.testing import check_component_config
 
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
-
 COMPONENTS = [
     ObjectMasker(0.4),
     ContextMasker(0.6),
@@ -58,14 +52,8 @@ def test_timm_backbone_config_round_trip(tiny_timm_config):
     assert rebuilt.config() == backbone.config()
 
 
-def test_openclip_backbone_config_round_trip(tmp_path):
-    backbone = OpenCLIPViT(
-        model_name="tiny",
-        model_cfg=TINY_CLIP,
-        class_names=["cat", "dog"],
-        templates=["a photo of a {}."],
-        text_cache_dir=str(tmp_path),
-    )
+def test_openclip_backbone_config_round_trip(clip_args):
+    backbone = OpenCLIPViT(**clip_args)
     rebuilt = check_component_config(backbone)
     assert rebuilt.config() == backbone.config()
 
