@@ -73,6 +73,11 @@ class OpenCLIPViT(VisionBackbone):
             OpenAI ImageNet templates.
         text_cache_dir: Directory of the text-embedding cache; ``None`` =
             ``$XDG_CACHE_HOME/cfmask/text`` (``~/.cache/cfmask/text``).
+        grad_checkpointing: Recompute each residual block's activations during the
+            backward pass instead of storing them (open_clip's
+            ``visual.set_grad_checkpointing``): less activation memory for about one
+            extra forward pass per backward, same loss and gradients. Switched off
+            inside :meth:`attention_probes`.
 
     Raises:
         FileNotFoundError: If ``pretrained`` names a file path that does not exist.
@@ -103,6 +108,7 @@ class OpenCLIPViT(VisionBackbone):
         class_names: list[str] | None = None,
         templates: list[str] | None = None,
         text_cache_dir: str | None = None,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.model_name = model_name
@@ -111,6 +117,7 @@ class OpenCLIPViT(VisionBackbone):
         self.class_names = class_names
         self.templates = templates
         self.text_cache_dir = text_cache_dir
+        self.grad_checkpointing = bool(grad_checkpointing)
 
         quick_gelu = _force_quick_gelu(model_name, pretrained, model_cfg)
         clip: Any = _build_clip(model_name, pretrained, model_cfg, quick_gelu)
@@ -126,6 +133,8 @@ class OpenCLIPViT(VisionBackbone):
                 f"{model_name!r} has a {type(visual).__name__} without {missing}."
             )
         visual.output_tokens = False
+        if self.grad_checkpointing:
+            visual.set_grad_checkpointing(True)
 
         names = (
             list(class_names) if class_names is not None else list(open_clip.IMAGENET_CLASSNAMES)
@@ -153,6 +162,18 @@ class OpenCLIPViT(VisionBackbone):
             "std_buffer", torch.tensor(self._data_config.std).view(1, 3, 1, 1), persistent=False
         )
         self._probing = False
+
+    # ------------------------------------------------------------------ config
+    def init_args(self) -> dict[str, Any]:
+        """Return the constructor arguments (see :meth:`Component.init_args`).
+
+        ``grad_checkpointing`` is a memory option; it appears only when it is on, so
+        configs written before it existed stay unchanged.
+        """
+        args = super().init_args()
+        if not args.get("grad_checkpointing"):
+            args.pop("grad_checkpointing", None)
+        return args
 
     # -------------------------------------------------------------- properties
     @property
@@ -248,8 +269,9 @@ class OpenCLIPViT(VisionBackbone):
 
         Replaces, per instance, every ``ResidualAttentionBlock.attention`` by an explicit
         softmax attention with the block's own ``in_proj``/``out_proj`` weights, which
-        appends the probabilities (before dropout). The original methods are restored on
-        exit, also on exceptions.
+        appends the probabilities (before dropout). Gradient checkpointing is switched
+        off meanwhile (a recomputed block would record again during the backward pass).
+        The original methods and flags are restored on exit, also on exceptions.
 
         Yields:
             The list receiving one tensor per block and forward pass, in forward order.
@@ -285,8 +307,11 @@ class OpenCLIPViT(VisionBackbone):
             )
         probes: list[Tensor] = []
         saved = [blk.__dict__.get("attention") for blk in blocks]
+        transformer = self.visual.transformer
+        checkpointing = bool(getattr(transformer, "grad_checkpointing", False))
         self._probing = True
         try:
+            transformer.grad_checkpointing = False
             for blk in blocks:
                 blk.attention = types.MethodType(_explicit_attention(probes), blk)
             yield probes
@@ -296,7 +321,35 @@ class OpenCLIPViT(VisionBackbone):
                     blk.__dict__.pop("attention", None)
                 else:
                     blk.attention = original
+            transformer.grad_checkpointing = checkpointing
             self._probing = False
+
+    def set_fused_attention(self, enabled: bool) -> None:
+        """Use PyTorch's fused attention (``True``, the default) or explicit softmax attention.
+
+        ``False`` replaces every block's attention by the same explicit computation as
+        :meth:`attention_probes` without recording anything: the reference
+        implementation's own attention, for benchmarks and numerical comparisons.
+        Outputs agree up to floating-point rounding.
+
+        Args:
+            enabled: ``True`` restores open_clip's ``nn.MultiheadAttention`` path.
+
+        Raises:
+            AttentionCaptureError: If probes are active, or a block is not a standard
+                open_clip ``ResidualAttentionBlock``.
+        """
+        if self._probing:
+            raise AttentionCaptureError("cannot switch attention while probes are active")
+        for blk in self.visual.transformer.resblocks:
+            if not isinstance(getattr(blk, "attn", None), nn.MultiheadAttention):
+                raise AttentionCaptureError(
+                    f"{type(blk).__name__} of {self.model_name!r} has no nn.MultiheadAttention"
+                )
+            if enabled:
+                blk.__dict__.pop("attention", None)
+            else:
+                blk.attention = types.MethodType(_explicit_attention(None), blk)
 
     # -------------------------------------------------------------- text head
     def _class_embeddings(
@@ -343,9 +396,12 @@ class OpenCLIPViT(VisionBackbone):
 
 # ---------------------------------------------------------------------- helpers
 def _explicit_attention(
-    probes: list[Tensor],
+    probes: list[Tensor] | None,
 ) -> Callable[..., Tensor]:
-    """Build a replacement for ``ResidualAttentionBlock.attention`` that records probabilities."""
+    """Build a replacement for ``ResidualAttentionBlock.attention`` with explicit softmax.
+
+    The probabilities are appended to ``probes`` unless it is ``None``.
+    """
 
     def attention(
         blk: nn.Module,
@@ -368,7 +424,8 @@ def _explicit_attention(
             bias = attn_mask.to(scores.dtype)
             scores = scores + (bias.view(b, h, t, t) if bias.ndim == 3 else bias)
         probs = scores.softmax(dim=-1)
-        probes.append(probs)
+        if probes is not None:
+            probes.append(probs)
         dropped = F.dropout(probs, p=mha.dropout, training=mha.training)
         out = (dropped @ v).transpose(1, 2).reshape(b, t, d)
         out = F.linear(out, mha.out_proj.weight, mha.out_proj.bias)

@@ -11,6 +11,7 @@ from typing import Any
 import timm
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torch.utils.hooks import RemovableHandle
 
 from cfmask.backbones._tokens import check_keep_index, check_key_mask, gather_tokens, key_mask_bias
@@ -39,7 +40,9 @@ class TimmViT(VisionBackbone):
     Attention runs fused (``scaled_dot_product_attention``) except inside
     :meth:`attention_probes`, which switches every block to the explicit path and records
     the post-softmax probabilities for relevance maps (Chefer et al., ICCV 2021;
-    Xiao et al., CVPR 2023, arXiv:2303.03052).
+    Xiao et al., CVPR 2023, arXiv:2303.03052). :meth:`set_fused_attention` turns the fused
+    path off everywhere (the reference implementation's explicit attention, for
+    benchmarks and numerical comparisons).
 
     Args:
         model_name: Any timm ViT name, e.g. ``"vit_base_patch32_clip_224.openai"``.
@@ -55,6 +58,11 @@ class TimmViT(VisionBackbone):
             ``embed_dim``, ``num_heads`` for tiny test models).
         mean: Per-channel normalisation mean; ``None`` uses the model's pretrained config.
         std: Per-channel normalisation std; ``None`` uses the model's pretrained config.
+        grad_checkpointing: Recompute each block's activations during the backward pass
+            instead of storing them (timm's ``set_grad_checkpointing``): less activation
+            memory for about one extra forward pass per backward. Same loss and gradients.
+            It is switched off inside :meth:`attention_probes`, so a relevance pass (and
+            a training forward shared with it) stores its activations as usual.
 
     Raises:
         FileNotFoundError: If ``pretrained`` is a path that does not exist.
@@ -85,6 +93,7 @@ class TimmViT(VisionBackbone):
         model_kwargs: dict[str, Any] | None = None,
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.model_name = model_name
@@ -122,6 +131,10 @@ class TimmViT(VisionBackbone):
             )
         if file is not None:
             self._load_file(file)
+        self.grad_checkpointing = bool(grad_checkpointing)
+        if grad_checkpointing:
+            timm_model: Any = self.model
+            timm_model.set_grad_checkpointing(True)
 
         cfg: dict[str, Any] = dict(getattr(self.model, "pretrained_cfg", None) or {})
         self._data_config = DataConfig(
@@ -150,6 +163,7 @@ class TimmViT(VisionBackbone):
             "model_kwargs": self.model_kwargs,
             "mean": list(self.mean) if self.mean is not None else None,
             "std": list(self.std) if self.std is not None else None,
+            "grad_checkpointing": self.grad_checkpointing,
         }
 
     # -------------------------------------------------------------- properties
@@ -233,8 +247,13 @@ class TimmViT(VisionBackbone):
             if keep_index is not None:
                 key_mask = key_mask.gather(1, keep_index.long())
             bias = key_mask_bias(key_mask, p, tokens.dtype)
+        checkpointed = bool(model.grad_checkpointing) and torch.is_grad_enabled()
         for blk in model.blocks:
-            tokens = blk(tokens, attn_mask=bias) if bias is not None else blk(tokens)
+            kwargs: dict[str, Any] = {"attn_mask": bias} if bias is not None else {}
+            if checkpointed:
+                tokens = checkpoint(blk, tokens, use_reentrant=False, **kwargs)
+            else:
+                tokens = blk(tokens, **kwargs)
         tokens = model.norm(tokens)
         return model.forward_head(tokens, pre_logits=True)  # type: ignore[no-any-return]
 
@@ -249,7 +268,10 @@ class TimmViT(VisionBackbone):
 
         Sets ``fused_attn = False`` on every block's attention and hooks its
         ``attn_drop`` (always called, even with ``p = 0``) to capture the probabilities
-        before dropout. Flags and hooks are restored on exit, also on exceptions.
+        before dropout. Gradient checkpointing is switched off meanwhile: a recomputed
+        block would call the hook again during the backward pass, and the probabilities
+        must stay in the graph anyway. Flags and hooks are restored on exit, also on
+        exceptions.
 
         Yields:
             The list receiving one tensor per block and forward pass, in forward order.
@@ -283,8 +305,11 @@ class TimmViT(VisionBackbone):
 
         flags = [a.fused_attn for a in attns]
         handles: list[RemovableHandle] = []
+        checkpointing = bool(getattr(self.model, "grad_checkpointing", False))
         self._probing = True
         try:
+            if checkpointing:
+                self.model.set_grad_checkpointing(False)
             for a in attns:
                 a.fused_attn = False
                 handles.append(a.attn_drop.register_forward_hook(record))
@@ -294,7 +319,32 @@ class TimmViT(VisionBackbone):
                 h.remove()
             for a, flag in zip(attns, flags, strict=True):
                 a.fused_attn = flag
+            if checkpointing:
+                self.model.set_grad_checkpointing(True)
             self._probing = False
+
+    def set_fused_attention(self, enabled: bool) -> None:
+        """Use fused (``True``, the default) or explicit softmax attention in every block.
+
+        The explicit path is what the reference implementation runs everywhere; it gives
+        the same outputs up to floating-point rounding and is slower. Meant for
+        benchmarks and numerical comparisons; :meth:`attention_probes` restores the
+        setting it found.
+
+        Args:
+            enabled: ``True`` for ``scaled_dot_product_attention``.
+
+        Raises:
+            AttentionCaptureError: If a block has no timm ``fused_attn`` flag.
+        """
+        for i, blk in enumerate(self.model.blocks):
+            attn: Any = getattr(blk, "attn", None)
+            if not hasattr(attn, "fused_attn"):
+                raise AttentionCaptureError(
+                    f"block {i} of {self.model_name!r} ({type(blk).__name__}) has no "
+                    "attn.fused_attn flag to switch."
+                )
+            attn.fused_attn = bool(enabled)
 
     # ----------------------------------------------------------------- weights
     def _load_file(self, file: Path) -> None:
