@@ -111,6 +111,20 @@ class CounterfactualFineTuner(pl.LightningModule):
             run). The frozen initial teacher is copied after loading it.
         fuse_student_passes: Run the student on ``[x; x_cf]`` as one batch when
             both passes are plain pixel inputs (same result, fewer kernel launches).
+        share_relevance_pass: Take the clean batch's features and logits from the
+            relevance pass (attention probes on the current student) instead of a
+            second forward pass on ``x``, when that gives the same function (see
+            :meth:`can_share_relevance_pass`). Saves one forward per step.
+
+    Distributed training (DDP): each rank builds its counterfactuals from its own
+    per-device batch. Refill donors (the single-fill permutation, the multi-fill
+    sources) and random masks are drawn from the local batch only, with the rank's
+    own global generator, as the reference does (with 4 GPUs splitting 512 images,
+    donors come from the 128 images on the same GPU). With the same seed on every rank
+    (Lightning's ``seed_everything`` without ``workers``-specific offsets) all ranks
+    draw the same permutation of their local indices, which is also what the
+    reference does. Relevance maps and losses are per-rank too; DDP averages the
+    gradients, so the loss is the mean over ranks of the per-rank means.
 
     Example:
         >>> import timm
@@ -223,7 +237,11 @@ class CounterfactualFineTuner(pl.LightningModule):
         """Refuse a checkpoint that was trained with another backbone."""
         saved = checkpoint.get("hyper_parameters", {}).get("backbone")
         mine = self.hparams.get("backbone")
-        if saved is not None and mine is not None and saved != mine:
+        if (
+            saved is not None
+            and mine is not None
+            and _without_memory_options(saved) != _without_memory_options(mine)
+        ):
             raise ValueError(
                 "this checkpoint was trained with the backbone "
                 f"{saved.get('class_path')} {saved.get('init_args')}, but the model "
@@ -525,6 +543,18 @@ class CounterfactualFineTuner(pl.LightningModule):
     def student_state_dict(self) -> Mapping[str, Tensor]:
         """The fine-tuned model's weights (without teachers)."""
         return self.student.state_dict()
+
+
+_MEMORY_OPTIONS = ("grad_checkpointing",)
+
+
+def _without_memory_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A backbone config without options that change memory use but not the weights."""
+    out = dict(config)
+    init_args = out.get("init_args")
+    if isinstance(init_args, Mapping):
+        out["init_args"] = {k: v for k, v in init_args.items() if k not in _MEMORY_OPTIONS}
+    return out
 
 
 def has_stochastic_layers(module: nn.Module) -> bool:
