@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ from cfmask.demo.data import (
     build_benchmark,
     load_fashion_mnist,
 )
-from cfmask.demo.runner import PROFILES, MaskQualityMeter, MethodSpec, Profile, Runner, method_specs
+from cfmask.demo.runner import PROFILES, MaskQualityMeter, Profile, Runner, method_specs
 from cfmask.demo.teacher import load_or_pretrain_teacher
 
 __all__ = ("build_parser", "main", "run_demo")
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder with the Fashion-MNIST IDX files (or torchvision's "
                         "FashionMNIST/raw layout below it)")
     parser.add_argument("--seeds", type=int, default=None,
-                        help="number of training seeds (default: 3, or 1 with --quick)")
+                        help="number of training seeds (default: 2, or 1 with --quick)")
     parser.add_argument("--no-install", action="store_true",
                         help="never try to apt-get install dataset-fashion-mnist")
     return parser
@@ -217,11 +218,11 @@ def run_demo(
         timings["methods_s"] = round(time.perf_counter() - t0, 1)
 
     # 4. Aggregate and report.
-    labels: dict[str, str] = {"zero-shot": "Zero-shot (pre-trained + head)"}
+    labels: dict[str, str] = {"zero-shot": "Zero-shot"}
     labels.update({s.key: s.label for s in specs})
     labels["ours-object-single"] += f" β={beta_star:g}"
-    labels["wise-ft"] = "WiSE-FT (α=0.5)"
-    labels["wise-ours"] = "WiSE-Ours (α=0.5)"
+    labels["wise-ft"] = f"WiSE-FT {report.ALPHA}=0.5"
+    labels["wise-ours"] = f"WiSE-Ours {report.ALPHA}=0.5"
     order = ["zero-shot", "vanilla", "wise-ft", "fd", "kd",
              *[s.key for s in specs if s.group == "ours" and s.key != "wise-kd"],
              "wise-ours", "wise-kd"]
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds < 1:
             build_parser().error("--seeds must be at least 1")
         profile = dataclasses.replace(profile, seeds=args.seeds)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)
     try:
         run_demo(profile, args.output, args.data_dir, console,
                  allow_install=not args.no_install)

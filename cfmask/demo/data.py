@@ -73,7 +73,7 @@ _FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
-#: Background families seen in pre-training and fine-tuning (family ``k`` is the cue of class ``k``).
+#: Background families of pre-training and fine-tuning; family ``k`` is the cue of class ``k``.
 ID_FAMILIES = (
     "solid",
     "h-stripes",
@@ -97,7 +97,7 @@ TEST_SET_DOCS: dict[str, str] = {
     "(v2_cue_strength) and slightly smaller garments - like ImageNet-V2",
     "sketch": "edge map of the garment drawn in ink on plain paper: no texture, no "
     "background cue - like ImageNet-Sketch",
-    "rendition": "garment with inverted shading, tinted with a random colour, on a "
+    "rendition": "garment painted in a random saturated colour instead of grey, on a "
     "background family drawn independently of the class - like ImageNet-R",
     "new-backgrounds": "backgrounds from four families never seen in pre-training or "
     "fine-tuning, random hue, wider garment scale range - like ObjectNet",
@@ -271,7 +271,8 @@ def _hsv_to_rgb(h: NDArray[np.float64], s: NDArray[np.float64], v: NDArray[np.fl
         ],
         0,
     )
-    return table[i, np.arange(len(h))]
+    rgb: NDArray[np.float64] = table[i, np.arange(len(h))]
+    return rgb
 
 
 def _pattern(name: str, n: int, size: int, rng: np.random.Generator) -> NDArray[np.float64]:
@@ -302,7 +303,8 @@ def _pattern(name: str, n: int, size: int, rng: np.random.Generator) -> NDArray[
     if name == "gradient":
         angle = rng.uniform(0, 2 * np.pi, (n, 1, 1))
         g = (np.cos(angle) * xx + np.sin(angle) * yy) / size
-        return np.clip(g - g.min(axis=(1, 2), keepdims=True), 0, 1)
+        ramp: NDArray[np.float64] = np.clip(g - g.min(axis=(1, 2), keepdims=True), 0, 1)
+        return ramp
     if name == "rings":
         cy, cx = rng.uniform(0, size, (n, 1, 1)), rng.uniform(0, size, (n, 1, 1))
         r = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
@@ -404,7 +406,8 @@ def _place_garments(
 
 def _alpha(intensity: NDArray[np.float32]) -> NDArray[np.float32]:
     """Opacity of the garment: faint pixels are already mostly opaque."""
-    return np.clip(intensity * 4.0, 0.0, 1.0).astype(np.float32)
+    alpha: NDArray[np.float32] = np.clip(intensity * 4.0, 0.0, 1.0).astype(np.float32)
+    return alpha
 
 
 def _edges(alpha: NDArray[np.float32], intensity: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -472,18 +475,37 @@ def _compose(
     *,
     size: int,
     mode: str,
+    style: str = "photo",
     cue_strength: float = 0.0,
     scale: tuple[int, int] = (20, 24),
     description: str = "",
 ) -> ImageSet:
-    """Composite garments onto backgrounds according to ``mode``."""
+    """Composite garments onto backgrounds.
+
+    Args:
+        garments: ``(n, 28, 28)`` Fashion-MNIST images.
+        labels: ``(n,)`` classes.
+        rng: Random generator.
+        size: Canvas side.
+        mode: Background choice: ``"cue"`` (class cue family with probability
+            ``cue_strength``, otherwise uniform), ``"independent"`` (uniform over the ID
+            families), ``"anti"`` (the cue family of another class), ``"unseen"`` (one of
+            :data:`UNSEEN_FAMILIES`, random hue) or ``"paper"`` (plain off-white).
+        style: How the garment is drawn: ``"photo"`` (its grey levels), ``"rendition"``
+            (its shading painted in a random saturated colour) or ``"sketch"`` (ink edges).
+        cue_strength: See ``mode``.
+        scale: Range of the garment's side in pixels.
+        description: Stored on the result.
+
+    Returns:
+        The composited :class:`ImageSet`.
+    """
     n = len(garments)
     y = labels.astype(np.int64)
     k = len(ID_FAMILIES)
     intensity = _place_garments(garments, rng, size, scale)
     alpha = _alpha(intensity)
     if mode == "cue":
-        # Cue family with probability cue_strength, otherwise any family uniformly.
         fam = np.where(rng.random(n) < cue_strength, y, rng.integers(0, k, n))
     elif mode == "independent":
         fam = rng.integers(0, k, n)
@@ -491,31 +513,45 @@ def _compose(
         fam = (y + rng.integers(1, k, n)) % k
     elif mode == "unseen":
         fam = k + rng.integers(0, len(UNSEEN_FAMILIES), n)
-    elif mode == "sketch":
+    elif mode == "paper":
         fam = np.full(n, -1)
     else:
-        raise ValueError(f"unknown compositing mode {mode!r}")
-    a = alpha[:, None]
-    if mode == "sketch":
-        paper = rng.uniform(0.85, 1.0, (n, 1, 1, 1)) * np.ones((n, 3, size, size))
-        paper += rng.normal(0, 0.02, paper.shape)
-        ink = _edges(alpha, intensity)[:, None]
-        img = paper * (1 - ink) + 0.1 * ink
+        raise ValueError(f"unknown background mode {mode!r}")
+    if mode == "paper":
+        bg = rng.uniform(0.85, 1.0, (n, 1, 1, 1)) * np.ones((n, 3, size, size))
+        bg = bg + rng.normal(0, 0.02, bg.shape)
     else:
-        bg = render_backgrounds(fam, rng, size, random_hue=(mode == "unseen"))
-        if description.startswith("rendition"):
-            tint = _hsv_to_rgb(rng.random(n), rng.uniform(0.6, 1.0, n), np.ones(n))
-            shade = (1.0 - intensity)[:, None] * 0.8 + 0.2
-            fg = shade * tint[:, :, None, None]
-        else:
-            fg = np.repeat(intensity[:, None], 3, axis=1)
-        img = a * fg + (1 - a) * bg
+        bg = render_backgrounds(fam, rng, size, random_hue=(mode == "unseen")).astype(np.float64)
+    a = alpha[:, None]
+    if style == "sketch":
+        ink = _edges(alpha, intensity)[:, None]
+        img = bg * (1 - ink) + 0.1 * ink
+    elif style == "rendition":
+        tint = _hsv_to_rgb(rng.random(n), rng.uniform(0.6, 1.0, n), np.ones(n))
+        shade = intensity[:, None] * 0.8 + 0.2
+        img = a * (shade * tint[:, :, None, None]) + (1 - a) * bg
+    elif style == "photo":
+        img = a * np.repeat(intensity[:, None], 3, axis=1) + (1 - a) * bg
+    else:
+        raise ValueError(f"unknown garment style {style!r}")
     img8 = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
     return ImageSet(
         images=torch.from_numpy(img8),
         labels=torch.from_numpy(y),
         object_masks=torch.from_numpy(alpha >= 0.5),
         families=torch.from_numpy(fam.astype(np.int64)),
+        description=description,
+    )
+
+
+def _concat(parts: Sequence[ImageSet], rng: np.random.Generator, description: str) -> ImageSet:
+    """Concatenate image sets and shuffle the result."""
+    perm = torch.from_numpy(rng.permutation(sum(len(p) for p in parts)))
+    return ImageSet(
+        images=torch.cat([p.images for p in parts])[perm],
+        labels=torch.cat([p.labels for p in parts])[perm],
+        object_masks=torch.cat([p.object_masks for p in parts])[perm],
+        families=torch.cat([p.families for p in parts])[perm],
         description=description,
     )
 
@@ -532,6 +568,8 @@ class BenchmarkConfig:
         n_test: Images per test set (ID and each OOD set; disjoint test-split garments).
         cue_strength: Probability that a fine-tuning image shows its class's cue family.
         v2_cue_strength: Cue strength of the re-sampled (ImageNet-V2-like) set.
+        pretrain_sketch_fraction: Share of sketch-style images in the pre-training pool.
+        pretrain_rendition_fraction: Share of rendition-style images in the pre-training pool.
         seed: Seed of the data generator (the data is the same for every training seed).
     """
 
@@ -542,6 +580,8 @@ class BenchmarkConfig:
     n_test: int = 1000
     cue_strength: float = 0.9
     v2_cue_strength: float = 0.7
+    pretrain_sketch_fraction: float = 0.15
+    pretrain_rendition_fraction: float = 0.15
     seed: int = 0
 
 
@@ -606,8 +646,19 @@ def build_benchmark(
     ]:
         return x[i], yy[i]
 
-    pretrain = _compose(*take(pre_i, tr_x, tr_y), rng, size=s, mode="independent",
-                        scale=(18, 26), description="pre-training pool")
+    # The teacher's "broad" data: mostly photos on class-independent backgrounds, plus
+    # some renditions and sketches (as web-scale data holds art and drawings too).
+    n_sk = round(config.pretrain_sketch_fraction * len(pre_i))
+    n_re = round(config.pretrain_rendition_fraction * len(pre_i))
+    parts = [
+        _compose(*take(pre_i[n_sk + n_re :], tr_x, tr_y), rng, size=s, mode="independent",
+                 scale=(18, 26)),
+        _compose(*take(pre_i[:n_sk], tr_x, tr_y), rng, size=s, mode="paper",
+                 style="sketch", scale=(18, 26)),
+        _compose(*take(pre_i[n_sk : n_sk + n_re], tr_x, tr_y), rng, size=s,
+                 mode="independent", style="rendition", scale=(18, 26)),
+    ]
+    pretrain = _concat([p for p in parts if len(p)], rng, "pre-training pool")
     train = _compose(*take(ft_i, tr_x, tr_y), rng, size=s, mode="cue",
                      cue_strength=config.cue_strength, description="fine-tuning train")
     val = _compose(*take(val_i, tr_x, tr_y), rng, size=s, mode="cue",
@@ -620,10 +671,10 @@ def build_benchmark(
         "resample": _compose(*take(slices[1], te_x, te_y), rng, size=s, mode="cue",
                              cue_strength=config.v2_cue_strength, scale=(18, 22),
                              description=TEST_SET_DOCS["resample"]),
-        "sketch": _compose(*take(slices[2], te_x, te_y), rng, size=s, mode="sketch",
-                           description=TEST_SET_DOCS["sketch"]),
+        "sketch": _compose(*take(slices[2], te_x, te_y), rng, size=s, mode="paper",
+                           style="sketch", description=TEST_SET_DOCS["sketch"]),
         "rendition": _compose(*take(slices[3], te_x, te_y), rng, size=s, mode="independent",
-                              description="rendition: " + TEST_SET_DOCS["rendition"]),
+                              style="rendition", description=TEST_SET_DOCS["rendition"]),
         "new-backgrounds": _compose(*take(slices[4], te_x, te_y), rng, size=s, mode="unseen",
                                     scale=(16, 26), description=TEST_SET_DOCS["new-backgrounds"]),
         "anti-cue": _compose(*take(slices[5], te_x, te_y), rng, size=s, mode="anti",

@@ -67,7 +67,7 @@ class PretrainConfig:
         seed: Seed of the initialisation and the data order.
     """
 
-    epochs: int = 6
+    epochs: int = 8
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -126,9 +126,10 @@ def load_or_pretrain_teacher(
     if path.is_file():
         return path, False
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(model)
-    x = pool.float_images()
-    y = pool.labels
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backbone = build_backbone(model).to(device)
+    x = pool.float_images().to(device)
+    y = pool.labels.to(device)
     per_epoch = max(1, len(y) // cfg.batch_size)
     total = cfg.epochs * per_epoch
     opt = torch.optim.AdamW(backbone.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -138,20 +139,20 @@ def load_or_pretrain_teacher(
     backbone.train()
     step = 0
     for _ in range(cfg.epochs):
-        order = torch.randperm(len(y), generator=gen)
+        order = torch.randperm(len(y), generator=gen).to(device)
         for i in range(per_epoch):
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             loss = F.cross_entropy(backbone(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             sched.step()
             step += 1
             if on_step is not None:
                 on_step(step, total)
-    if not math.isfinite(float(loss)):
+    if not math.isfinite(float(loss.detach())):
         raise RuntimeError("teacher pre-training diverged (non-finite loss); lower the lr")
-    torch.save(backbone.model.state_dict(), path)
+    torch.save({k: v.cpu() for k, v in backbone.model.state_dict().items()}, path)
     return path, True
 
 
