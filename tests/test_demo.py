@@ -180,5 +180,8 @@ def test_quick_profile_on_real_data(tmp_path: Path) -> None:
     """``cfmask demo --quick`` on the real Fashion-MNIST (installs it on Debian if root)."""
     assert demo_main(["--quick", "--output", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["timings"]["total_s"] < 180 * 2  # target 180 s on 2 free cores
-    assert results["methods"]["vanilla"]["id"]["mean"] > 30.0
+    methods = results["methods"]
+    # The benchmark's premise: fine-tuning on the cue-laden data raises ID accuracy.
+    assert methods["vanilla"]["id"]["mean"] > methods["zero-shot"]["id"]["mean"]
+    for name in ("results.csv", "tradeoff.png", "examples.png"):
+        assert (tmp_path / name).stat().st_size > 0

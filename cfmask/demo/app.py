@@ -142,6 +142,13 @@ def run_demo(
         def advance() -> None:
             progress.advance(step_task[-1])
 
+        def done(what: str, res: dict[str, Any]) -> None:
+            progress.advance(overall)
+            progress.console.print(
+                f"  {what}: val {res['val']:.1f}  ID {res['id']:.1f}  OOD avg "
+                f"{np.mean([res['ood'][k] for k in ood]):.1f}  ({res.get('seconds', 0):.0f} s)"
+            )
+
         # 1. The pre-trained teacher.
         t0 = time.perf_counter()
         data_key = json.dumps(dataclasses.asdict(profile.bench), sort_keys=True)
@@ -174,7 +181,7 @@ def run_demo(
             meters[beta] = meter
             sweep.append({"beta": beta, **res})
             sweep_states[beta] = (res, state)
-            progress.advance(overall)
+            done(f"{sweep_spec.label} seed 0 beta={beta:g}", res)
         best = max(sweep, key=lambda r: (r["val"], -r["beta"]))
         beta_star = float(best["beta"])
         timings["beta_sweep_s"] = round(time.perf_counter() - t0, 1)
@@ -196,7 +203,7 @@ def run_demo(
                     res, state = sweep_states[beta_star]
                 else:
                     res, state = runner.fine_tune(spec, seed=seed, beta=beta_star)
-                    progress.advance(overall)
+                    done(f"{spec.label} seed {seed}", res)
                 per_seed[spec.key].append(res)
                 if spec.key == "vanilla":
                     vanilla_state = state
