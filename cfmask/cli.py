@@ -20,6 +20,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
+from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -85,6 +86,17 @@ class CfmaskCLI(LightningCLI):
                 "checkpoint.filename": "best-{epoch}-{step}",
             }
         )
+
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
+        # cfmask's results table replaces Lightning's per-dataloader table, which
+        # repeats the epoch-level per-set metrics under every loader; `--verbose true`
+        # brings it back.
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("test", "validate"):
+            parser.set_defaults({"verbose": False})
+        return parser
 
 
 def _wise(argv: Sequence[str]) -> int:
@@ -162,6 +174,10 @@ def main(args: ArgsType = None) -> int:
     if argv and argv[0] in _EXTRA_COMMANDS:
         return _EXTRA_COMMANDS[argv[0]](argv[1:])
     load_plugins()
+    # torch 2.14 deprecates an API Lightning 2.6 uses on every fit; nothing a user can act on.
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning, module="lightning.pytorch.utilities._pytree"
+    )
     CfmaskCLI(
         CounterfactualFineTuner,
         LightningDataModule,
