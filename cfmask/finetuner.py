@@ -122,8 +122,9 @@ class CounterfactualFineTuner(pl.LightningModule):
     own global generator, as the reference does (with 4 GPUs splitting 512 images,
     donors come from the 128 images on the same GPU). With the same seed on every rank
     (``seed_everything`` runs in every process) all ranks draw the same permutation of
-    their local indices, which is also what the reference does. Relevance maps and losses are per-rank too; DDP averages the
-    gradients, so the loss is the mean over ranks of the per-rank means.
+    their local indices, which is also what the reference does. Relevance maps and
+    losses are per-rank too; DDP averages the gradients, so the loss is the mean over
+    ranks of the per-rank means.
 
     Example:
         >>> import timm
