@@ -89,8 +89,10 @@ class AttentionGradRelevance(RelevanceMap):
             logits = backbone(inputs)
             score = logits.gather(1, targets.long()[:, None]).sum()
             grads = torch.autograd.grad(score, probes)
-            attentions = [p.detach() for p in probes]
-        cam = attention_grad_rollout(attentions, grads, backbone.num_prefix_tokens)
+            attentions = [p.detach().float() for p in probes]
+        cam = attention_grad_rollout(
+            attentions, [g.float() for g in grads], backbone.num_prefix_tokens
+        )
         return _normalise(cam).detach()
 
     def forward_with_outputs(
@@ -125,8 +127,10 @@ class AttentionGradRelevance(RelevanceMap):
                     "use the relevance map's forward() for a frozen model."
                 )
             grads = torch.autograd.grad(score, probes, retain_graph=True)
-            attentions = [p.detach() for p in probes]
-        cam = attention_grad_rollout(attentions, grads, backbone.num_prefix_tokens)
+            attentions = [p.detach().float() for p in probes]
+        cam = attention_grad_rollout(
+            attentions, [g.float() for g in grads], backbone.num_prefix_tokens
+        )
         return RelevanceWithOutputs(_normalise(cam).detach(), features, logits)
 
 
@@ -161,5 +165,5 @@ class AttentionRolloutRelevance(RelevanceMap):
         _check_inputs(backbone, images, targets)
         with _eval_mode(backbone), torch.no_grad(), backbone.attention_probes() as probes:
             backbone(images.detach())
-            cam = attention_rollout(list(probes), backbone.num_prefix_tokens)
+            cam = attention_rollout([p.float() for p in probes], backbone.num_prefix_tokens)
         return _normalise(cam).detach()
