@@ -111,8 +111,8 @@ PROFILES: dict[str, Profile] = {
     "default": Profile(name="default", bench=BenchmarkConfig(n_test=500)),
     "quick": Profile(
         name="quick",
-        bench=BenchmarkConfig(n_pretrain=4000, n_finetune=1500, n_val=300, n_test=300),
-        pretrain=PretrainConfig(epochs=5),
+        bench=BenchmarkConfig(n_pretrain=4000, n_finetune=1500, n_val=300, n_test=250),
+        pretrain=PretrainConfig(epochs=4),
         finetune=FineTuneConfig(steps=30, lr=1e-3, warmup_steps=3, betas=(0.3, 1.0),
                                 wise_alphas=(0.0, 0.5, 1.0)),
         seeds=1,
