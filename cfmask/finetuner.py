@@ -227,6 +227,18 @@ class CounterfactualFineTuner(pl.LightningModule):
         check_compatible(module.state_dict(), weights, f"{what} checkpoint {path}")
         module.load_state_dict(weights)
 
+    def setup(self, stage: str) -> None:
+        """Check that the datamodule's class count matches the model's head."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        expected = getattr(datamodule, "num_classes", None)
+        if isinstance(expected, int) and expected != self.student.num_classes:
+            raise ValueError(
+                f"the datamodule has {expected} classes but the model's head has "
+                f"{self.student.num_classes} outputs; build the backbone for the "
+                "datamodule's classes (num_classes for TimmViT, class_names for "
+                "OpenCLIPViT)."
+            )
+
     def train(self, mode: bool = True) -> CounterfactualFineTuner:
         """Set train mode on the student; teachers always stay in eval mode."""
         super().train(mode)

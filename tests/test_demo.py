@@ -89,8 +89,16 @@ def test_missing_data_explains_the_fix(tmp_path: Path, no_system_data: None) -> 
 def test_main_returns_2_without_data(
     tmp_path: Path, no_system_data: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = demo_main(["--quick", "--no-install", "--data-dir", str(tmp_path / "nothing"),
-                      "--output", str(tmp_path / "out")])
+    code = demo_main(
+        [
+            "--quick",
+            "--no-install",
+            "--data-dir",
+            str(tmp_path / "nothing"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2
     assert "dataset-fashion-mnist" in capsys.readouterr().out
 
@@ -143,8 +151,9 @@ def test_tiny_demo_run_writes_every_output(tmp_path: Path, no_system_data: None)
         bench=BenchmarkConfig(n_pretrain=160, n_finetune=64, n_val=32, n_test=16),
         model=ModelConfig(model_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2}),
         pretrain=PretrainConfig(epochs=1, batch_size=32),
-        finetune=FineTuneConfig(steps=2, batch_size=8, warmup_steps=1, betas=(1.0, 3.0),
-                                wise_alphas=(0.0, 0.5, 1.0)),
+        finetune=FineTuneConfig(
+            steps=2, batch_size=8, warmup_steps=1, betas=(1.0, 3.0), wise_alphas=(0.0, 0.5, 1.0)
+        ),
         seeds=2,
         mask_every=1,
     )
@@ -154,8 +163,18 @@ def test_tiny_demo_run_writes_every_output(tmp_path: Path, no_system_data: None)
     assert results["chosen_beta"] in (1.0, 3.0)
     ood = results["benchmark"]["ood_sets"]
     assert len(ood) == 5
-    for key in ("zero-shot", "vanilla", "wise-ft", "fd", "kd", "ours-object-single",
-                "ours-context-multi", "ours-random-single", "wise-ours", "wise-kd"):
+    for key in (
+        "zero-shot",
+        "vanilla",
+        "wise-ft",
+        "fd",
+        "kd",
+        "ours-object-single",
+        "ours-context-multi",
+        "ours-random-single",
+        "wise-ours",
+        "wise-kd",
+    ):
         entry = results["methods"][key]
         assert set(entry["ood"]) == set(ood)
         for stat in (entry["id"], entry["ood_avg"], *entry["ood"].values()):

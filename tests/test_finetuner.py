@@ -355,3 +355,10 @@ def test_relevance_pass_is_not_shared_with_stochastic_layers(tiny_timm_config):
     assert not model.can_share_relevance_pass()
     model.eval()
     assert model.can_share_relevance_pass()
+
+
+def test_class_count_mismatch_with_the_datamodule_is_a_clear_error(tiny_timm_config, tmp_path):
+    model = CounterfactualFineTuner(_backbone(tiny_timm_config), distillation=[])  # 3 classes
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="datamodule has 5 classes but the model's head has 3"):
+        trainer.fit(model, datamodule=SyntheticDataModule(num_classes=5, batch_size=4))

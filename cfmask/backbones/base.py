@@ -149,9 +149,7 @@ class VisionBackbone(Component):
             ValueError: If ``H`` or ``W`` is not ``patch_size * grid``.
         """
         if images.ndim != 4:
-            raise ValueError(
-                f"expected images of shape (B, C, H, W), got {tuple(images.shape)}"
-            )
+            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
         h, w = images.shape[-2:]
         gh, gw = self.grid_size
         p = self.patch_size

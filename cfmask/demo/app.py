@@ -48,17 +48,35 @@ def build_parser() -> argparse.ArgumentParser:
         "experiment (pre-trained teacher, spurious-cue fine-tuning data, ID and five OOD "
         "test sets, every method on the same seeds).",
     )
-    parser.add_argument("--quick", action="store_true",
-                        help="small profile (1 seed, fewer images and steps; < 3 min on 2 cores)")
-    parser.add_argument("--output", type=Path, default=Path("cfmask-demo-output"),
-                        help="output folder (results.json, results.csv, figures, cached teacher)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="folder with the Fashion-MNIST IDX files (or torchvision's "
-                        "FashionMNIST/raw layout below it)")
-    parser.add_argument("--seeds", type=int, default=None,
-                        help="number of training seeds (default: 2, or 1 with --quick)")
-    parser.add_argument("--no-install", action="store_true",
-                        help="never try to apt-get install dataset-fashion-mnist")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small profile (1 seed, fewer images and steps; < 3 min on 2 cores)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("cfmask-demo-output"),
+        help="output folder (results.json, results.csv, figures, cached teacher)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder with the Fashion-MNIST IDX files (or torchvision's "
+        "FashionMNIST/raw layout below it)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="number of training seeds (default: 2, or 1 with --quick)",
+    )
+    parser.add_argument(
+        "--no-install",
+        action="store_true",
+        help="never try to apt-get install dataset-fashion-mnist",
+    )
     return parser
 
 
@@ -67,27 +85,35 @@ def _dataset_table(bench: Benchmark) -> Table:
     table.add_column("split")
     table.add_column("images", justify="right")
     table.add_column("what it is")
-    table.add_row("pre-training", str(len(bench.pretrain)),
-                  "teacher's data: background family independent of the class")
-    table.add_row("fine-tuning", str(len(bench.train)),
-                  f"background = the class's cue family with p={bench.config.cue_strength}")
+    table.add_row(
+        "pre-training",
+        str(len(bench.pretrain)),
+        "teacher's data: background family independent of the class",
+    )
+    table.add_row(
+        "fine-tuning",
+        str(len(bench.train)),
+        f"background = the class's cue family with p={bench.config.cue_strength}",
+    )
     table.add_row("ID validation", str(len(bench.val)), "same as fine-tuning; model selection")
     for name, doc in TEST_SET_DOCS.items():
         table.add_row(f"test: {name}", str(len(bench.tests[name])), doc)
     return table
 
 
-def _mean_curve(curves: Sequence[Sequence[dict[str, Any]]], ood: Sequence[str]) -> list[
-    dict[str, float]
-]:
+def _mean_curve(
+    curves: Sequence[Sequence[dict[str, Any]]], ood: Sequence[str]
+) -> list[dict[str, float]]:
     """Average WiSE curves of several seeds point by point."""
     out = []
     for points in zip(*curves, strict=True):
-        out.append({
-            "alpha": float(points[0]["alpha"]),
-            "id": float(np.mean([p["id"] for p in points])),
-            "ood_avg": float(np.mean([np.mean([p["ood"][k] for k in ood]) for p in points])),
-        })
+        out.append(
+            {
+                "alpha": float(points[0]["alpha"]),
+                "id": float(np.mean([p["id"] for p in points])),
+                "ood_avg": float(np.mean([np.mean([p["ood"][k] for k in ood]) for p in points])),
+            }
+        )
     return out
 
 
@@ -159,14 +185,18 @@ def run_demo(
             progress.update(teacher_task, completed=step, total=total)
 
         teacher_path, trained = load_or_pretrain_teacher(
-            bench.pretrain, profile.model, profile.pretrain, output / "cache", data_key, on_step)
+            bench.pretrain, profile.model, profile.pretrain, output / "cache", data_key, on_step
+        )
         timings["teacher_pretraining_s"] = round(time.perf_counter() - t0, 1)
         console.print(("trained" if trained else "reused cached") + f" teacher: {teacher_path}")
-        runner = Runner(profile, bench, teacher_path, output / "cache" / "runs",
-                        progress=(start, advance))
+        runner = Runner(
+            profile, bench, teacher_path, output / "cache" / "runs", progress=(start, advance)
+        )
         zero_shot = runner.evaluate(runner.backbone())
-        console.print(f"zero-shot (pre-trained model): ID {zero_shot['id']:.1f}%, OOD avg "
-                      f"{np.mean(list(zero_shot['ood'].values())):.1f}%")
+        console.print(
+            f"zero-shot (pre-trained model): ID {zero_shot['id']:.1f}%, OOD avg "
+            f"{np.mean(list(zero_shot['ood'].values())):.1f}%"
+        )
 
         # 2. Choose beta on the ID validation split (seed 0, object mask, single fill).
         t0 = time.perf_counter()
@@ -185,8 +215,10 @@ def run_demo(
         best = max(sweep, key=lambda r: (r["val"], -r["beta"]))
         beta_star = float(best["beta"])
         timings["beta_sweep_s"] = round(time.perf_counter() - t0, 1)
-        console.print(f"β chosen on the ID validation split (seed 0): β = {beta_star:g} "
-                      f"(val {best['val']:.1f}%)")
+        console.print(
+            f"β chosen on the ID validation split (seed 0): β = {beta_star:g} "
+            f"(val {best['val']:.1f}%)"
+        )
 
         # 3. Every method on every seed.
         t0 = time.perf_counter()
@@ -210,17 +242,18 @@ def run_demo(
                     curve = runner.wise_curve(state, ft.wise_alphas, {0.0: zero_shot, 1.0: res})
                     wise_ft_curves.append(curve)
                     half = [c for c in curve if c["alpha"] == 0.5]
-                    per_seed["wise-ft"].append(half[0] if half else runner.wise_curve(
-                        state, [0.5])[0])
-                    runner.save_state(
-                        runner.wise_state(state, 0.5), f"wise-ft-0.5-seed{seed}.pt")
+                    per_seed["wise-ft"].append(
+                        half[0] if half else runner.wise_curve(state, [0.5])[0]
+                    )
+                    runner.save_state(runner.wise_state(state, 0.5), f"wise-ft-0.5-seed{seed}.pt")
                 if spec.key == "ours-object-single":
                     ours_state = state
                     curve = runner.wise_curve(state, ft.wise_alphas, {0.0: zero_shot, 1.0: res})
                     wise_ours_curves.append(curve)
                     half = [c for c in curve if c["alpha"] == 0.5]
-                    per_seed["wise-ours"].append(half[0] if half else runner.wise_curve(
-                        state, [0.5])[0])
+                    per_seed["wise-ours"].append(
+                        half[0] if half else runner.wise_curve(state, [0.5])[0]
+                    )
             del vanilla_state, ours_state
         timings["methods_s"] = round(time.perf_counter() - t0, 1)
 
@@ -230,9 +263,16 @@ def run_demo(
     labels["ours-object-single"] += f" β={beta_star:g}"
     labels["wise-ft"] = f"WiSE-FT {report.ALPHA}=0.5"
     labels["wise-ours"] = f"WiSE-Ours {report.ALPHA}=0.5"
-    order = ["zero-shot", "vanilla", "wise-ft", "fd", "kd",
-             *[s.key for s in specs if s.group == "ours" and s.key != "wise-kd"],
-             "wise-ours", "wise-kd"]
+    order = [
+        "zero-shot",
+        "vanilla",
+        "wise-ft",
+        "fd",
+        "kd",
+        *[s.key for s in specs if s.group == "ours" and s.key != "wise-kd"],
+        "wise-ours",
+        "wise-kd",
+    ]
     methods: dict[str, Any] = {"zero-shot": report.aggregate([zero_shot], ood)}
     for key in order[1:]:
         methods[key] = report.aggregate(per_seed[key], ood)
@@ -240,24 +280,33 @@ def run_demo(
     for r in sweep:
         labels[f"beta-{r['beta']:g}"] = f"Ours object/single β={r['beta']:g} (seed 0)"
 
-    title = (f"Shifted Fashion-MNIST: top-1 accuracy (%), mean ± std over {profile.seeds} "
-             f"seed(s); β={beta_star:g} chosen on ID val")
+    title = (
+        f"Shifted Fashion-MNIST: top-1 accuracy (%), mean ± std over {profile.seeds} "
+        f"seed(s); β={beta_star:g} chosen on ID val"
+    )
     console.print(report.results_table(methods, labels, ood, title))
-    sweep_table = report.results_table(sweep_points, labels, ood,
-                                       "β sweep (object mask, single fill, seed 0)")
+    sweep_table = report.results_table(
+        sweep_points, labels, ood, "β sweep (object mask, single fill, seed 0)"
+    )
     console.print(sweep_table)
     mask_rows = meters[beta_star].rows()
     console.print(report.mask_quality_table(mask_rows))
 
-    curves = {"WiSE-FT": _mean_curve(wise_ft_curves, ood),
-              "WiSE-Ours": _mean_curve(wise_ours_curves, ood)}
-    left = ["zero-shot", "vanilla", "fd",
-            *[s.key for s in specs if s.group == "ours" and s.key != "wise-kd"],
-            *sweep_points]
-    right = ["zero-shot", "vanilla", "wise-ft", "kd", "ours-object-single", "wise-ours",
-             "wise-kd"]
-    report.plot_tradeoff(output / "tradeoff.png", {**methods, **sweep_points}, labels, curves,
-                         left, right)
+    curves = {
+        "WiSE-FT": _mean_curve(wise_ft_curves, ood),
+        "WiSE-Ours": _mean_curve(wise_ours_curves, ood),
+    }
+    left = [
+        "zero-shot",
+        "vanilla",
+        "fd",
+        *[s.key for s in specs if s.group == "ours" and s.key != "wise-kd"],
+        *sweep_points,
+    ]
+    right = ["zero-shot", "vanilla", "wise-ft", "kd", "ours-object-single", "wise-ours", "wise-kd"]
+    report.plot_tradeoff(
+        output / "tradeoff.png", {**methods, **sweep_points}, labels, curves, left, right
+    )
     report.plot_examples(output / "examples.png", bench, runner, profile)
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
 
@@ -277,18 +326,25 @@ def run_demo(
         "beta_sweep": [{"beta": r["beta"], **report.aggregate([r], ood)} for r in sweep],
         "wise_ft_curve": curves["WiSE-FT"],
         "wise_ours_curve": curves["WiSE-Ours"],
-        "mask_quality": {"method": f"ours-object-single, beta={beta_star:g}, seed 0",
-                         "rows": mask_rows},
+        "mask_quality": {
+            "method": f"ours-object-single, beta={beta_star:g}, seed 0",
+            "rows": mask_rows,
+        },
         "timings": timings,
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "python": platform.python_version(),
-                        "device": "cuda" if torch.cuda.is_available() else "cpu"},
+        "environment": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+        },
     }
     report.write_json(output / "results.json", payload)
     report.write_csv(output / "results.csv", methods, labels, ood)
-    console.print(f"wrote {output / 'results.json'}, {output / 'results.csv'}, "
-                  f"{output / 'tradeoff.png'}, {output / 'examples.png'} "
-                  f"in {timings['total_s']:.0f} s")
+    console.print(
+        f"wrote {output / 'results.json'}, {output / 'results.csv'}, "
+        f"{output / 'tradeoff.png'}, {output / 'examples.png'} "
+        f"in {timings['total_s']:.0f} s"
+    )
     return payload
 
 
@@ -309,8 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = dataclasses.replace(profile, seeds=args.seeds)
     console = Console(width=None if sys.stdout.isatty() else 150)
     try:
-        run_demo(profile, args.output, args.data_dir, console,
-                 allow_install=not args.no_install)
+        run_demo(profile, args.output, args.data_dir, console, allow_install=not args.no_install)
     except DatasetNotFoundError as err:
         console.print(f"[bold red]error:[/bold red] {err}", markup=True, highlight=False)
         return 2

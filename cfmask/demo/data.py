@@ -253,9 +253,9 @@ def load_fashion_mnist(
 # ---------------------------------------------------------------------------
 
 
-def _hsv_to_rgb(h: NDArray[np.float64], s: NDArray[np.float64], v: NDArray[np.float64]) -> (
-    NDArray[np.float64]
-):
+def _hsv_to_rgb(
+    h: NDArray[np.float64], s: NDArray[np.float64], v: NDArray[np.float64]
+) -> NDArray[np.float64]:
     """Vectorised HSV to RGB for arrays of shape ``(n,)``; returns ``(n, 3)``."""
     i = np.floor(h * 6.0).astype(int) % 6
     f = h * 6.0 - np.floor(h * 6.0)
@@ -320,8 +320,9 @@ def _pattern(name: str, n: int, size: int, rng: np.random.Generator) -> NDArray[
         return (a | b).astype(np.float64)
     if name == "blobs":
         coarse = rng.random((n, 1, 5, 5))
-        up = F.interpolate(torch.from_numpy(coarse), size=(size, size), mode="bicubic",
-                           align_corners=False)
+        up = F.interpolate(
+            torch.from_numpy(coarse), size=(size, size), mode="bicubic", align_corners=False
+        )
         return (up[:, 0].numpy() > 0.5).astype(np.float64)
     if name == "waves":
         bend = 2.5 * np.sin(2 * np.pi * xx / (2.5 * period) + phase)
@@ -449,7 +450,10 @@ class ImageSet:
     def subset(self, n: int) -> ImageSet:
         """Return the first ``n`` items."""
         return ImageSet(
-            self.images[:n], self.labels[:n], self.object_masks[:n], self.families[:n],
+            self.images[:n],
+            self.labels[:n],
+            self.object_masks[:n],
+            self.families[:n],
             self.description,
         )
 
@@ -641,9 +645,9 @@ def build_benchmark(
     pre_i, ft_i, val_i = tr_perm[:a], tr_perm[a:b], tr_perm[b:need_train]
     s = config.image_size
 
-    def take(i: NDArray[np.int64], x: NDArray[np.uint8], yy: NDArray[np.uint8]) -> tuple[
-        NDArray[np.uint8], NDArray[np.uint8]
-    ]:
+    def take(
+        i: NDArray[np.int64], x: NDArray[np.uint8], yy: NDArray[np.uint8]
+    ) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
         return x[i], yy[i]
 
     # The teacher's "broad" data: mostly photos on class-independent backgrounds, plus
@@ -651,33 +655,93 @@ def build_benchmark(
     n_sk = round(config.pretrain_sketch_fraction * len(pre_i))
     n_re = round(config.pretrain_rendition_fraction * len(pre_i))
     parts = [
-        _compose(*take(pre_i[n_sk + n_re :], tr_x, tr_y), rng, size=s, mode="independent",
-                 scale=(18, 26)),
-        _compose(*take(pre_i[:n_sk], tr_x, tr_y), rng, size=s, mode="paper",
-                 style="sketch", scale=(18, 26)),
-        _compose(*take(pre_i[n_sk : n_sk + n_re], tr_x, tr_y), rng, size=s,
-                 mode="independent", style="rendition", scale=(18, 26)),
+        _compose(
+            *take(pre_i[n_sk + n_re :], tr_x, tr_y), rng, size=s, mode="independent", scale=(18, 26)
+        ),
+        _compose(
+            *take(pre_i[:n_sk], tr_x, tr_y),
+            rng,
+            size=s,
+            mode="paper",
+            style="sketch",
+            scale=(18, 26),
+        ),
+        _compose(
+            *take(pre_i[n_sk : n_sk + n_re], tr_x, tr_y),
+            rng,
+            size=s,
+            mode="independent",
+            style="rendition",
+            scale=(18, 26),
+        ),
     ]
     pretrain = _concat([p for p in parts if len(p)], rng, "pre-training pool")
-    train = _compose(*take(ft_i, tr_x, tr_y), rng, size=s, mode="cue",
-                     cue_strength=config.cue_strength, description="fine-tuning train")
-    val = _compose(*take(val_i, tr_x, tr_y), rng, size=s, mode="cue",
-                   cue_strength=config.cue_strength, description="ID validation")
+    train = _compose(
+        *take(ft_i, tr_x, tr_y),
+        rng,
+        size=s,
+        mode="cue",
+        cue_strength=config.cue_strength,
+        description="fine-tuning train",
+    )
+    val = _compose(
+        *take(val_i, tr_x, tr_y),
+        rng,
+        size=s,
+        mode="cue",
+        cue_strength=config.cue_strength,
+        description="ID validation",
+    )
     m = config.n_test
     slices = [te_perm[i * m : (i + 1) * m] for i in range(6)]
     tests = {
-        "id": _compose(*take(slices[0], te_x, te_y), rng, size=s, mode="cue",
-                       cue_strength=config.cue_strength, description=TEST_SET_DOCS["id"]),
-        "resample": _compose(*take(slices[1], te_x, te_y), rng, size=s, mode="cue",
-                             cue_strength=config.v2_cue_strength, scale=(18, 22),
-                             description=TEST_SET_DOCS["resample"]),
-        "sketch": _compose(*take(slices[2], te_x, te_y), rng, size=s, mode="paper",
-                           style="sketch", description=TEST_SET_DOCS["sketch"]),
-        "rendition": _compose(*take(slices[3], te_x, te_y), rng, size=s, mode="independent",
-                              style="rendition", description=TEST_SET_DOCS["rendition"]),
-        "new-backgrounds": _compose(*take(slices[4], te_x, te_y), rng, size=s, mode="unseen",
-                                    scale=(16, 26), description=TEST_SET_DOCS["new-backgrounds"]),
-        "anti-cue": _compose(*take(slices[5], te_x, te_y), rng, size=s, mode="anti",
-                             description=TEST_SET_DOCS["anti-cue"]),
+        "id": _compose(
+            *take(slices[0], te_x, te_y),
+            rng,
+            size=s,
+            mode="cue",
+            cue_strength=config.cue_strength,
+            description=TEST_SET_DOCS["id"],
+        ),
+        "resample": _compose(
+            *take(slices[1], te_x, te_y),
+            rng,
+            size=s,
+            mode="cue",
+            cue_strength=config.v2_cue_strength,
+            scale=(18, 22),
+            description=TEST_SET_DOCS["resample"],
+        ),
+        "sketch": _compose(
+            *take(slices[2], te_x, te_y),
+            rng,
+            size=s,
+            mode="paper",
+            style="sketch",
+            description=TEST_SET_DOCS["sketch"],
+        ),
+        "rendition": _compose(
+            *take(slices[3], te_x, te_y),
+            rng,
+            size=s,
+            mode="independent",
+            style="rendition",
+            description=TEST_SET_DOCS["rendition"],
+        ),
+        "new-backgrounds": _compose(
+            *take(slices[4], te_x, te_y),
+            rng,
+            size=s,
+            mode="unseen",
+            scale=(16, 26),
+            description=TEST_SET_DOCS["new-backgrounds"],
+        ),
+        "anti-cue": _compose(
+            *take(slices[5], te_x, te_y),
+            rng,
+            size=s,
+            mode="anti",
+            description=TEST_SET_DOCS["anti-cue"],
+        ),
     }
     return Benchmark(config=config, pretrain=pretrain, train=train, val=val, tests=tests)

@@ -92,8 +92,9 @@ def results_table(
     table.add_column("method")
     cols = ["val", "id", *ood_names, "ood_avg"]
     for c in cols:
-        table.add_column({"val": "ID val", "id": "ID test", "ood_avg": "OOD avg"}.get(c, c),
-                         justify="right")
+        table.add_column(
+            {"val": "ID val", "id": "ID test", "ood_avg": "OOD avg"}.get(c, c), justify="right"
+        )
 
     def get(res: MethodResult, c: str) -> Mapping[str, float] | None:
         if c in ("val", "id", "ood_avg"):
@@ -122,8 +123,10 @@ def mask_quality_table(rows: Sequence[Mapping[str, float]]) -> Table:
     Returns:
         A :class:`rich.table.Table` with one column per threshold.
     """
-    table = Table(title="Object masking vs. the exact garment mask (measured during training)",
-                  header_style="bold")
+    table = Table(
+        title="Object masking vs. the exact garment mask (measured during training)",
+        header_style="bold",
+    )
     table.add_column("threshold")
     for r in rows:
         table.add_column(f"{r['threshold']:.1f}", justify="right")
@@ -156,8 +159,9 @@ def write_csv(
     cols = ["val", "id", *ood_names, "ood_avg"]
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["method", "label", "seeds"]
-                        + [f"{c}_{s}" for c in cols for s in ("mean", "std")])
+        writer.writerow(
+            ["method", "label", "seeds"] + [f"{c}_{s}" for c in cols for s in ("mean", "std")]
+        )
         for key, res in methods.items():
             row: list[Any] = [key, labels.get(key, key), res["id"]["n"]]
             for c in cols:
@@ -202,15 +206,26 @@ def plot_tradeoff(
             ax.plot(xs, ys, "-", marker=".", alpha=0.8, label=name)
             for c in curve:
                 if c["alpha"] in (0.5,):
-                    ax.annotate(f"{ALPHA}={c['alpha']:g}", (c["id"], c["ood_avg"]), fontsize=7,
-                                xytext=(3, -9), textcoords="offset points")
+                    ax.annotate(
+                        f"{ALPHA}={c['alpha']:g}",
+                        (c["id"], c["ood_avg"]),
+                        fontsize=7,
+                        xytext=(3, -9),
+                        textcoords="offset points",
+                    )
         for i, key in enumerate(keys):
             if key not in points:
                 continue
             r = points[key]
-            ax.errorbar(r["id"]["mean"], r["ood_avg"]["mean"], xerr=r["id"]["std"],
-                        yerr=r["ood_avg"]["std"], fmt=markers[i % len(markers)], capsize=2,
-                        label=labels.get(key, key))
+            ax.errorbar(
+                r["id"]["mean"],
+                r["ood_avg"]["mean"],
+                xerr=r["id"]["std"],
+                yerr=r["ood_avg"]["std"],
+                fmt=markers[i % len(markers)],
+                capsize=2,
+                label=labels.get(key, key),
+            )
         ax.set_xlabel("ID test accuracy (%)")
         ax.set_ylabel("OOD average accuracy (%)")
         ax.set_title(title, fontsize=10)
@@ -267,10 +282,16 @@ def plot_examples(path: Path, bench: Any, runner: Any, profile: Any, n: int = 6)
     obj_px = patch_mask_to_pixels(obj, grid, patch).reshape(-1, side, side)
     ctx_px = patch_mask_to_pixels(ctx, grid, patch).reshape(-1, side, side)
     gt = bench.train.object_masks[rows]
-    titles = ["image", "relevance (pre-trained)", "true garment",
-              f"object mask t={ft.object_threshold}", "object, single-fill",
-              f"context mask t={ft.context_threshold}", "context, single-fill",
-              "object, multi-fill"]
+    titles = [
+        "image",
+        "relevance (pre-trained)",
+        "true garment",
+        f"object mask t={ft.object_threshold}",
+        "object, single-fill",
+        f"context mask t={ft.context_threshold}",
+        "context, single-fill",
+        "object, multi-fill",
+    ]
     fig, axes = plt.subplots(len(rows), len(titles), figsize=(1.6 * len(titles), 1.7 * len(rows)))
     for r in range(len(rows)):
         panels = [
@@ -285,8 +306,9 @@ def plot_examples(path: Path, bench: Any, runner: Any, profile: Any, n: int = 6)
         ]
         for c, (img, cmap) in enumerate(panels):
             ax = axes[r, c]
-            ax.imshow(img.detach().cpu().numpy(), cmap=cmap, interpolation="nearest",
-                      vmin=0, vmax=1)
+            ax.imshow(
+                img.detach().cpu().numpy(), cmap=cmap, interpolation="nearest", vmin=0, vmax=1
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

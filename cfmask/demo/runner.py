@@ -113,8 +113,9 @@ PROFILES: dict[str, Profile] = {
         name="quick",
         bench=BenchmarkConfig(n_pretrain=4000, n_finetune=1500, n_val=300, n_test=250),
         pretrain=PretrainConfig(epochs=4),
-        finetune=FineTuneConfig(steps=30, lr=1e-3, warmup_steps=3, betas=(0.3, 1.0),
-                                wise_alphas=(0.0, 0.5, 1.0)),
+        finetune=FineTuneConfig(
+            steps=30, lr=1e-3, warmup_steps=3, betas=(0.3, 1.0), wise_alphas=(0.0, 0.5, 1.0)
+        ),
         seeds=1,
         mask_every=2,
     ),
@@ -159,12 +160,26 @@ def method_specs() -> list[MethodSpec]:
     for masker in ("object", "context", "random"):
         for refill in ("single", "multi"):
             specs.append(
-                MethodSpec(f"ours-{masker}-{refill}", f"Ours {masker}/{refill}",
-                           masker=masker, refill=refill, feature="counterfactual", group="ours")
+                MethodSpec(
+                    f"ours-{masker}-{refill}",
+                    f"Ours {masker}/{refill}",
+                    masker=masker,
+                    refill=refill,
+                    feature="counterfactual",
+                    group="ours",
+                )
             )
-    specs.append(MethodSpec("wise-kd", "WiSE-KD",
-                            masker="object", refill="single", feature="counterfactual",
-                            kd="wise", group="ours"))
+    specs.append(
+        MethodSpec(
+            "wise-kd",
+            "WiSE-KD",
+            masker="object",
+            refill="single",
+            feature="counterfactual",
+            kd="wise",
+            group="ours",
+        )
+    )
     return specs
 
 
@@ -174,8 +189,14 @@ class _StepProgress(pl.Callback):
     def __init__(self, advance: Callable[[], None]) -> None:
         self._advance = advance
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         self._advance()
 
 
@@ -210,8 +231,9 @@ class MaskQualityMeter(pl.Callback):
         keys = images.detach().cpu().flatten(1).double() @ self._w
         pos = torch.searchsorted(self._keys, keys).clamp(max=len(self._keys) - 1)
         lower = (pos - 1).clamp(min=0)
-        pick = torch.where((self._keys[lower] - keys).abs() < (self._keys[pos] - keys).abs(),
-                           lower, pos)
+        pick = torch.where(
+            (self._keys[lower] - keys).abs() < (self._keys[pos] - keys).abs(), lower, pos
+        )
         if ((self._keys[pick] - keys).abs() > 1e-6 * keys.abs().clamp(min=1)).any():
             raise RuntimeError("could not match a training batch to the training set")
         return self._order[pick]
@@ -232,8 +254,9 @@ class MaskQualityMeter(pl.Callback):
             s[2] += float((inter / union).sum())
         self.count += int(gt.shape[0])
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                             batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         """Measure the masks of this batch before the optimisation step."""
         if batch_idx % self.every or not isinstance(pl_module, CounterfactualFineTuner):
             return
@@ -249,8 +272,13 @@ class MaskQualityMeter(pl.Callback):
         """Return one row per threshold: ``image_mr``, ``object_mr``, ``iou`` and ``n``."""
         n = max(1, self.count)
         return [
-            {"threshold": t, "image_mr": s[0] / n, "object_mr": s[1] / n, "iou": s[2] / n,
-             "n": float(self.count)}
+            {
+                "threshold": t,
+                "image_mr": s[0] / n,
+                "object_mr": s[1] / n,
+                "iou": s[2] / n,
+                "n": float(self.count),
+            }
             for t, s in sorted(self.sums.items(), reverse=True)
         ]
 
@@ -350,13 +378,17 @@ class Runner:
             terms.append(LogitDistillationLoss(weight=ft.kd_weight, temperature=ft.kd_temperature))
         elif spec.kd == "wise":
             wise = self.work_dir / f"wise-ft-0.5-seed{seed}.pt"
-            terms.append(LogitDistillationLoss(weight=ft.kd_weight, temperature=ft.kd_temperature,
-                                               teacher=str(wise)))
+            terms.append(
+                LogitDistillationLoss(
+                    weight=ft.kd_weight, temperature=ft.kd_temperature, teacher=str(wise)
+                )
+            )
         return {
             "masker": masker,
             "refiller": refiller,
-            "relevance": AttentionGradRelevance() if masker is not None and
-            masker.requires_relevance else None,
+            "relevance": AttentionGradRelevance()
+            if masker is not None and masker.requires_relevance
+            else None,
             "distillation": terms,
         }
 
@@ -389,21 +421,36 @@ class Runner:
             **self._components(spec, beta, seed),
         )
         gen = torch.Generator().manual_seed(seed)
-        loader = DataLoader(TensorImageDataset(self.bench.train), batch_size=ft.batch_size,
-                            shuffle=True, drop_last=True, generator=gen, num_workers=0)
+        loader = DataLoader(
+            TensorImageDataset(self.bench.train),
+            batch_size=ft.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=gen,
+            num_workers=0,
+        )
         cbs: list[pl.Callback] = list(callbacks)
         if self._progress is not None:
             start, advance = self._progress
-            start(f"{spec.label} · seed {seed}" + (f" · β={beta:g}" if spec.feature else ""),
-                  ft.steps)
+            start(
+                f"{spec.label} · seed {seed}" + (f" · β={beta:g}" if spec.feature else ""), ft.steps
+            )
             cbs.append(_StepProgress(advance))
         t0 = time.perf_counter()
         with _quiet_lightning():
             trainer = pl.Trainer(
-                max_steps=ft.steps, max_epochs=-1, accelerator="auto", devices=1,
-                logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                callbacks=cbs, deterministic=False,
+                max_steps=ft.steps,
+                max_epochs=-1,
+                accelerator="auto",
+                devices=1,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                limit_val_batches=0,
+                callbacks=cbs,
+                deterministic=False,
             )
             trainer.fit(model, train_dataloaders=loader)
         student = model.student.cpu()
@@ -412,8 +459,12 @@ class Runner:
         state = {k: v.detach().clone() for k, v in student.state_dict().items()}
         return result, state
 
-    def wise_curve(self, state: Mapping[str, Tensor], alphas: Sequence[float],
-                   cache: Mapping[float, SeedResult] | None = None) -> list[SeedResult]:
+    def wise_curve(
+        self,
+        state: Mapping[str, Tensor],
+        alphas: Sequence[float],
+        cache: Mapping[float, SeedResult] | None = None,
+    ) -> list[SeedResult]:
         """Evaluate WiSE-FT mixtures ``(1 - alpha) * zero-shot + alpha * state``.
 
         Args:
@@ -430,7 +481,8 @@ class Runner:
                 res = copy.deepcopy(dict(cache[alpha]))
             else:
                 res = self.evaluate_state(
-                    interpolate_state_dicts(self.zero_shot_state(), state, alpha))
+                    interpolate_state_dicts(self.zero_shot_state(), state, alpha)
+                )
             res["alpha"] = alpha
             out.append(res)
         return out

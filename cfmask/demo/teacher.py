@@ -95,8 +95,9 @@ def build_backbone(model: ModelConfig, pretrained: bool | str = False) -> TimmVi
 
 
 def _fingerprint(model: ModelConfig, cfg: PretrainConfig, data_key: str) -> str:
-    text = json.dumps({"model": asdict(model), "pretrain": asdict(cfg), "data": data_key},
-                      sort_keys=True)
+    text = json.dumps(
+        {"model": asdict(model), "pretrain": asdict(cfg), "data": data_key}, sort_keys=True
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -133,8 +134,9 @@ def load_or_pretrain_teacher(
     per_epoch = max(1, len(y) // cfg.batch_size)
     total = cfg.epochs * per_epoch
     opt = torch.optim.AdamW(backbone.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
-                                                pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     backbone.train()
     step = 0
