@@ -153,6 +153,13 @@ def _data(argv: Sequence[str]) -> int:
     return data_command(list(argv))
 
 
+_DESCRIPTION = (
+    "Robust fine-tuning with counterfactual masked images. Training and evaluation: "
+    "cfmask fit | validate | test | predict. Other commands (each with --help): "
+    "cfmask wise (WiSE-FT interpolation), cfmask soup (uniform model soup), "
+    "cfmask demo (the offline benchmark), cfmask data check (dataset layouts)."
+)
+
 _EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "wise": _wise,
     "soup": _soup,
@@ -182,7 +189,10 @@ def main(args: ArgsType = None) -> int:
         CounterfactualFineTuner,
         LightningDataModule,
         subclass_mode_data=True,
-        args=argv,
+        # From the shell LightningCLI reads sys.argv itself; explicit args are for
+        # in-process calls (tests, notebooks).
+        args=None if args is None else argv,
+        parser_kwargs={"prog": "cfmask", "description": _DESCRIPTION},
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"callbacks": [_results_report()]},
