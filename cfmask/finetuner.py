@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -237,6 +238,14 @@ class CounterfactualFineTuner(pl.LightningModule):
                 f"{self.student.num_classes} outputs; build the backbone for the "
                 "datamodule's classes (num_classes for TimmViT, class_names for "
                 "OpenCLIPViT)."
+            )
+
+    def on_fit_start(self) -> None:
+        """Silence Lightning's eval-mode warning when it would only list the frozen teachers."""
+        in_eval = [name for name, m in self.named_modules() if not m.training]
+        if in_eval and all(name.startswith("teachers") for name in in_eval):
+            warnings.filterwarnings(
+                "ignore", message=rf"Found {len(in_eval)} module\(s\) in eval mode at the start"
             )
 
     def train(self, mode: bool = True) -> CounterfactualFineTuner:
