@@ -25,6 +25,8 @@ whose fine-tuners do not fit in memory together (ViT-L/14 at large batches).
 Methods: ``vanilla`` (cross-entropy only), ``fd`` (feature distillation on the clean
 image, no mask), ``obj_single`` / ``obj_multi`` (object mask from the attention-gradient
 relevance of the student, single- or multi-image refill: the paper's method),
+``obj_single_last1`` (``obj_single`` with the relevance rolled out over the last block
+only, ``AttentionGradRelevance(last_blocks=1)``: a cheaper map, not the reference's),
 ``rand_single`` (random mask, single-image refill), ``rand_drop`` (random mask, no fill,
 masked tokens dropped) and ``reference`` (``obj_single`` computed as the reference code
 does: no shared relevance pass, separate student passes, explicit attention everywhere).
@@ -67,6 +69,7 @@ from cfmask.backbones.timm_vit import TimmViT
 from cfmask.finetuner import CounterfactualFineTuner
 from cfmask.masking.maskers import ObjectMasker, RandomMasker
 from cfmask.masking.refillers import MultiImageRefiller, SingleImageRefiller, TokenDropRefiller
+from cfmask.relevance.attention import AttentionGradRelevance
 
 __all__ = ("METHODS", "MODELS", "Result", "main", "run_benchmark")
 
@@ -79,6 +82,14 @@ METHODS: dict[str, tuple[Callable[[], dict[str, Any]], bool]] = {
     "fd": (lambda: {}, False),
     "obj_single": (
         lambda: {"masker": ObjectMasker(0.3), "refiller": SingleImageRefiller()},
+        False,
+    ),
+    "obj_single_last1": (
+        lambda: {
+            "masker": ObjectMasker(0.3),
+            "refiller": SingleImageRefiller(),
+            "relevance": AttentionGradRelevance(last_blocks=1),
+        },
         False,
     ),
     "obj_multi": (lambda: {"masker": ObjectMasker(0.6), "refiller": MultiImageRefiller()}, False),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -62,6 +62,13 @@ class AttentionGradRelevance(RelevanceMap):
     taken: no ``.backward()``, no parameter ``.grad`` is touched. Because the rollout is
     not scale-invariant, the scale of the logits changes the map.
 
+    Args:
+        last_blocks: ``None`` (default) rolls out over every block, as the reference
+            code does. A number ``k`` rolls out over the last ``k`` blocks only (the
+            ``start_layer`` of Chefer et al.'s CLIP notebook): the gradient then only
+            flows back through those blocks, which makes the relevance backward
+            nearly free for small ``k``, at the price of a different map.
+
     Example:
         >>> import torch
         >>> from cfmask.backbones import TimmViT
@@ -71,6 +78,31 @@ class AttentionGradRelevance(RelevanceMap):
         >>> scores.shape, bool(scores.max() <= 1)
         (torch.Size([2, 16]), True)
     """
+
+    def __init__(self, last_blocks: int | None = None) -> None:
+        super().__init__()
+        if last_blocks is not None and (not isinstance(last_blocks, int) or last_blocks < 1):
+            raise ValueError(
+                f"last_blocks must be a positive number of blocks or None (all blocks, the "
+                f"reference's rule), got {last_blocks!r}"
+            )
+        self.last_blocks = last_blocks
+
+    def _used(self, probes: list[Tensor]) -> list[Tensor]:
+        """The probes the rollout runs over (all, or only the last ``last_blocks``)."""
+        if self.last_blocks is None:
+            return probes
+        if self.last_blocks > len(probes):
+            raise ValueError(
+                f"last_blocks={self.last_blocks} but the backbone has only {len(probes)} "
+                "blocks; use a smaller value or None for all blocks."
+            )
+        return probes[-self.last_blocks :]
+
+    def _rollout(self, used: list[Tensor], grads: Sequence[Tensor], prefix: int) -> Tensor:
+        attentions = [p.detach().float() for p in used]
+        cam = attention_grad_rollout(attentions, [g.float() for g in grads], prefix)
+        return _normalise(cam).detach()
 
     def forward(self, backbone: VisionBackbone, images: Tensor, targets: Tensor) -> Tensor:
         """Return ``(B, N)`` detached relevance scores in ``[0, 1]``.
@@ -88,12 +120,9 @@ class AttentionGradRelevance(RelevanceMap):
         with _eval_mode(backbone), torch.enable_grad(), backbone.attention_probes() as probes:
             logits = backbone(inputs)
             score = logits.gather(1, targets.long()[:, None]).sum()
-            grads = torch.autograd.grad(score, probes)
-            attentions = [p.detach().float() for p in probes]
-        cam = attention_grad_rollout(
-            attentions, [g.float() for g in grads], backbone.num_prefix_tokens
-        )
-        return _normalise(cam).detach()
+            used = self._used(probes)
+            grads = torch.autograd.grad(score, used)
+        return self._rollout(used, grads, backbone.num_prefix_tokens)
 
     def forward_with_outputs(
         self, backbone: VisionBackbone, images: Tensor, targets: Tensor
@@ -126,12 +155,10 @@ class AttentionGradRelevance(RelevanceMap):
                     "forward_with_outputs needs a backbone with trainable parameters; "
                     "use the relevance map's forward() for a frozen model."
                 )
-            grads = torch.autograd.grad(score, probes, retain_graph=True)
-            attentions = [p.detach().float() for p in probes]
-        cam = attention_grad_rollout(
-            attentions, [g.float() for g in grads], backbone.num_prefix_tokens
-        )
-        return RelevanceWithOutputs(_normalise(cam).detach(), features, logits)
+            used = self._used(probes)
+            grads = torch.autograd.grad(score, used, retain_graph=True)
+        scores = self._rollout(used, grads, backbone.num_prefix_tokens)
+        return RelevanceWithOutputs(scores, features, logits)
 
 
 class AttentionRolloutRelevance(RelevanceMap):

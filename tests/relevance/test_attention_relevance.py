@@ -191,8 +191,11 @@ def test_bad_targets(timm_vit: TimmViT) -> None:
 
 
 def test_config_round_trip() -> None:
-    for cls in (AttentionGradRelevance, AttentionRolloutRelevance):
-        assert cls().config() == {
-            "class_path": f"cfmask.relevance.attention.{cls.__name__}",
-            "init_args": {},
-        }
+    assert AttentionGradRelevance(last_blocks=3).config() == {
+        "class_path": "cfmask.relevance.attention.AttentionGradRelevance",
+        "init_args": {"last_blocks": 3},
+    }
+    assert AttentionRolloutRelevance().config() == {
+        "class_path": "cfmask.relevance.attention.AttentionRolloutRelevance",
+        "init_args": {},
+    }
