@@ -82,9 +82,11 @@ def extract_prefixed(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str,
 def read_model_weights(path: str | Path) -> dict[str, Tensor]:
     """Read the fine-tuned model's weights from a cfmask checkpoint or a state dict.
 
-    A Lightning checkpoint of :class:`~cfmask.CounterfactualFineTuner` yields the
-    ``student.*`` entries (prefix removed); a plain backbone state dict (optionally
-    wrapped as ``{"state_dict": ...}``) is returned as it is.
+    The file is read by :func:`~cfmask.backbones.load_state_dict_file` (plain or
+    wrapped state dicts, safetensors, ``weights_only=True``). From a Lightning
+    checkpoint of :class:`~cfmask.CounterfactualFineTuner` the ``student.*``
+    entries are returned with the prefix removed; any other state dict is returned
+    as it is.
 
     Args:
         path: Checkpoint or state-dict file.
@@ -92,16 +94,11 @@ def read_model_weights(path: str | Path) -> dict[str, Tensor]:
     Returns:
         A backbone state dict.
     """
-    obj = read_checkpoint(path)
-    sd = obj.get("state_dict", obj)
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path}: 'state_dict' entry is not a mapping")
-    student = extract_prefixed(sd, STUDENT_PREFIX)
-    weights = student if student else sd
-    bad = [k for k, v in weights.items() if not isinstance(v, Tensor)]
-    if bad:
-        raise ValueError(f"{path}: entries {bad[:5]} are not tensors; not a state dict")
-    return weights
+    from cfmask.backbones._weights import load_state_dict_file
+
+    state = load_state_dict_file(path)
+    student = extract_prefixed(state, STUDENT_PREFIX)
+    return student if student else state
 
 
 def check_compatible(
