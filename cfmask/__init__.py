@@ -2,11 +2,21 @@
 
 Implements Xiao et al., *Masked Images Are Counterfactual Samples for Robust
 Fine-tuning*, CVPR 2023 (arXiv:2303.03052) as a PyTorch Lightning library.
+
+The top-level names are imported on first access, so that ``import cfmask.data``
+(or any other light sub-package) does not load the fine-tuner, Lightning's
+training stack, timm or open_clip.
 """
 
-from cfmask.components import Component
-from cfmask.finetuner import CounterfactualFineTuner
-from cfmask.losses import DistillationLoss, FeatureDistillationLoss, LogitDistillationLoss
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cfmask.components import Component
+    from cfmask.finetuner import CounterfactualFineTuner
+    from cfmask.losses import DistillationLoss, FeatureDistillationLoss, LogitDistillationLoss
 
 __version__ = "0.1.0"
 
@@ -18,3 +28,23 @@ __all__ = (
     "LogitDistillationLoss",
     "__version__",
 )
+
+#: Public name → the module that defines it (imported on first access).
+_PUBLIC_MODULES = {
+    "Component": "cfmask.components",
+    "CounterfactualFineTuner": "cfmask.finetuner",
+    "DistillationLoss": "cfmask.losses",
+    "FeatureDistillationLoss": "cfmask.losses",
+    "LogitDistillationLoss": "cfmask.losses",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC_MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC_MODULES))

@@ -32,7 +32,8 @@ __all__ = ("CfmaskCLI", "load_plugins", "main")
 
 PLUGIN_GROUP = "cfmask.plugins"
 _BUILTIN_MODULES = (
-    "cfmask.backbones",
+    "cfmask.backbones.openclip_vit",
+    "cfmask.backbones.timm_vit",
     "cfmask.relevance",
     "cfmask.masking",
     "cfmask.losses",

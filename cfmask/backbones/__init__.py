@@ -1,9 +1,22 @@
-"""Backbone adapters: timm and open_clip ViTs behind one :class:`VisionBackbone` interface."""
+"""Backbone adapters: timm and open_clip ViTs behind one :class:`VisionBackbone` interface.
+
+The adapters themselves (:class:`TimmViT`, :class:`OpenCLIPViT`) are imported on
+first use, so that code which only needs the interface (:class:`VisionBackbone`,
+:class:`DataConfig`) — the data pipeline, for example — does not pay for loading
+timm and open_clip.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from cfmask.backbones._weights import load_state_dict_file
 from cfmask.backbones.base import AttentionCaptureError, DataConfig, VisionBackbone
-from cfmask.backbones.openclip_vit import OpenCLIPViT
-from cfmask.backbones.timm_vit import TimmViT
+
+if TYPE_CHECKING:
+    from cfmask.backbones.openclip_vit import OpenCLIPViT
+    from cfmask.backbones.timm_vit import TimmViT
 
 __all__ = (
     "AttentionCaptureError",
@@ -13,3 +26,20 @@ __all__ = (
     "VisionBackbone",
     "load_state_dict_file",
 )
+
+#: Adapter class name → the module that defines it (imported on first access).
+ADAPTER_MODULES = {
+    "OpenCLIPViT": "cfmask.backbones.openclip_vit",
+    "TimmViT": "cfmask.backbones.timm_vit",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = ADAPTER_MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(ADAPTER_MODULES))

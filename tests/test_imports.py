@@ -1,0 +1,41 @@
+"""Import-time contract: light sub-packages do not load the heavy model libraries."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _loaded_after(statement: str, modules: tuple[str, ...]) -> list[str]:
+    probe = f"import sys; {statement}; print(','.join(m for m in {modules!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return [m for m in out.split(",") if m]
+
+
+@pytest.mark.parametrize("statement", ["import cfmask.data", "import cfmask.masking"])
+def test_light_packages_do_not_import_model_libraries(statement):
+    loaded = _loaded_after(statement, ("open_clip", "timm", "cfmask.finetuner"))
+    assert loaded == [], f"{statement!r} imported {loaded}"
+
+
+def test_lazy_top_level_names_resolve_to_their_classes():
+    import cfmask
+    from cfmask.backbones import OpenCLIPViT, TimmViT
+    from cfmask.backbones.openclip_vit import OpenCLIPViT as DirectOpenCLIP
+    from cfmask.backbones.timm_vit import TimmViT as DirectTimm
+    from cfmask.finetuner import CounterfactualFineTuner
+
+    assert cfmask.CounterfactualFineTuner is CounterfactualFineTuner
+    assert TimmViT is DirectTimm and OpenCLIPViT is DirectOpenCLIP
+    assert set(cfmask.__all__) <= set(dir(cfmask))
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = cfmask.Nope
+
+
+def test_cli_registers_the_adapters_for_short_names():
+    loaded = _loaded_after(
+        "from cfmask.cli import load_plugins; load_plugins()", ("open_clip", "timm")
+    )
+    assert loaded == ["open_clip", "timm"]
