@@ -23,7 +23,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -147,34 +147,50 @@ class ImageNetV2(FolderImageDataset):
 
 
 class _WnidSubset(FolderImageDataset):
-    """A set whose folders are (a subset of) ImageNet wnids."""
+    """A set whose folders are (a subset of) ImageNet wnids.
+
+    Subclasses name the set, its wnids and its expected layout; the constructor is
+    shared.
+
+    Args:
+        root: Directory holding the set's wnid folders.
+        transform: Applied to each RGB image.
+        skip_corrupt: See :class:`~cfmask.data.folder.FolderImageDataset`.
+        skip_log: See :class:`~cfmask.data.folder.FolderImageDataset`.
+    """
+
+    #: Key of the set in :data:`~cfmask.data.imagenet.EXPECTED_COUNTS` and in reports.
+    set_name: ClassVar[str]
+    #: Layout description shown in errors about the folder tree.
+    layout_help: ClassVar[str]
+
+    #: Returns the wnid folders of the set, in ImageNet index order.
+    set_wnids: Callable[[], tuple[str, ...]]
 
     def __init__(
         self,
-        name: str,
         root: str | os.PathLike[str],
-        wnids: tuple[str, ...],
-        layout: str,
-        transform: _Transform,
-        skip_corrupt: bool,
-        skip_log: SkipLog | None,
+        transform: _Transform = None,
+        skip_corrupt: bool = False,
+        skip_log: SkipLog | None = None,
     ) -> None:
         d = Path(root)
-        check_wnid_folders(name, d, wnids, layout)
+        wnids = self.set_wnids()
+        check_wnid_folders(self.set_name, d, wnids, self.layout_help)
         index = wnid_to_index()
         targets = [index[w] for w in wnids]
         subset = None if len(wnids) == 1000 else torch.tensor(sorted(targets), dtype=torch.long)
         super().__init__(
-            name,
+            self.set_name,
             d,
             folders=wnids,
             targets=targets,
             transform=transform,
-            expected_count=EXPECTED_COUNTS[name],
+            expected_count=EXPECTED_COUNTS[self.set_name],
             skip_corrupt=skip_corrupt,
             skip_log=skip_log,
             class_subset=subset,
-            layout=layout,
+            layout=self.layout_help,
         )
 
 
@@ -188,16 +204,9 @@ class ImageNetR(_WnidSubset):
         skip_log: See :class:`~cfmask.data.folder.FolderImageDataset`.
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        transform: _Transform = None,
-        skip_corrupt: bool = False,
-        skip_log: SkipLog | None = None,
-    ) -> None:
-        super().__init__(
-            "imagenet_r", root, imagenet_r_wnids(), R_LAYOUT, transform, skip_corrupt, skip_log
-        )
+    set_name = "imagenet_r"
+    layout_help = R_LAYOUT
+    set_wnids = staticmethod(imagenet_r_wnids)
 
 
 class ImageNetA(_WnidSubset):
@@ -210,16 +219,9 @@ class ImageNetA(_WnidSubset):
         skip_log: See :class:`~cfmask.data.folder.FolderImageDataset`.
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        transform: _Transform = None,
-        skip_corrupt: bool = False,
-        skip_log: SkipLog | None = None,
-    ) -> None:
-        super().__init__(
-            "imagenet_a", root, imagenet_a_wnids(), A_LAYOUT, transform, skip_corrupt, skip_log
-        )
+    set_name = "imagenet_a"
+    layout_help = A_LAYOUT
+    set_wnids = staticmethod(imagenet_a_wnids)
 
 
 class ImageNetSketch(_WnidSubset):
@@ -232,22 +234,9 @@ class ImageNetSketch(_WnidSubset):
         skip_log: See :class:`~cfmask.data.folder.FolderImageDataset`.
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        transform: _Transform = None,
-        skip_corrupt: bool = False,
-        skip_log: SkipLog | None = None,
-    ) -> None:
-        super().__init__(
-            "imagenet_sketch",
-            root,
-            imagenet_wnids(),
-            SKETCH_LAYOUT,
-            transform,
-            skip_corrupt,
-            skip_log,
-        )
+    set_name = "imagenet_sketch"
+    layout_help = SKETCH_LAYOUT
+    set_wnids = staticmethod(imagenet_wnids)
 
 
 def crop_border(image: Image.Image, pixels: int = 2) -> Image.Image:
