@@ -419,6 +419,7 @@ _DDP_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_single_process_full_batch(tmp_path: Path) -> None:
     script = tmp_path / "ddp_fit.py"
     script.write_text(_DDP_SCRIPT)
