@@ -13,7 +13,7 @@ from open_clip.transformer import QuickGELU
 from torch import Tensor, nn
 
 import cfmask.backbones.openclip_vit as oc
-from cfmask.backbones import AttentionCaptureError, OpenCLIPViT, VisionBackbone
+from cfmask.backbones import OpenCLIPViT, VisionBackbone
 from cfmask.heads import ZeroShotHead, build_zero_shot_weights
 
 
@@ -180,25 +180,6 @@ def test_quick_gelu_decision_for_named_models() -> None:
     assert oc._force_quick_gelu("ViT-B-32", None, None) is False
 
 
-def test_probes_capture_and_restore(clip_args: dict[str, Any]) -> None:
-    vit = OpenCLIPViT(**clip_args)
-    blocks = list(vit.visual.transformer.resblocks)
-    x = _images()
-    plain = vit(x)
-    with vit.attention_probes() as probes:
-        assert all("attention" in blk.__dict__ for blk in blocks)
-        probed = vit(x)
-    assert torch.allclose(plain, probed, atol=1e-5)
-    assert [tuple(p.shape) for p in probes] == [(3, 2, 17, 17)] * 2
-    assert torch.allclose(probes[0].sum(-1), torch.ones(3, 2, 17), atol=1e-5)
-    grads = torch.autograd.grad(probed[:, 1].sum(), probes)
-    assert all(g.abs().sum() > 0 for g in grads)
-    assert all("attention" not in blk.__dict__ for blk in blocks)
-    with pytest.raises(RuntimeError, match="boom"), vit.attention_probes():
-        raise RuntimeError("boom")
-    assert all("attention" not in blk.__dict__ for blk in blocks)
-
-
 def test_probes_match_manual_attention(clip_args: dict[str, Any]) -> None:
     vit = OpenCLIPViT(**clip_args)
     x = _images(2)
@@ -215,62 +196,6 @@ def test_probes_match_manual_attention(clip_args: dict[str, Any]) -> None:
     k = k.view(2, 17, h, hd).transpose(1, 2)
     expected = torch.softmax(q @ k.transpose(-1, -2) / hd**0.5, dim=-1)
     assert torch.allclose(probes[0], expected, atol=1e-5)
-
-
-def test_attention_capture_error(clip_args: dict[str, Any]) -> None:
-    vit = OpenCLIPViT(**clip_args)
-    vit.visual.transformer.resblocks[1].attn = nn.Linear(64, 64)
-    with pytest.raises(AttentionCaptureError, match="block 1"), vit.attention_probes():
-        pass
-    assert "attention" not in vit.visual.transformer.resblocks[0].__dict__
-
-
-def test_nested_probes_rejected(clip_args: dict[str, Any]) -> None:
-    vit = OpenCLIPViT(**clip_args)
-    with (
-        vit.attention_probes(),
-        pytest.raises(AttentionCaptureError, match="already active"),
-        vit.attention_probes(),
-    ):
-        pass
-    assert all("attention" not in b.__dict__ for b in vit.visual.transformer.resblocks)
-
-
-def test_keep_index_equals_short_sequence(clip_args: dict[str, Any]) -> None:
-    vit = OpenCLIPViT(**clip_args)
-    x = _images()
-    keep = torch.stack([torch.randperm(16)[:5] for _ in range(3)])
-    out = vit.forward_features(x, keep_index=keep)
-    tokens = _manual_tokens(vit, x)
-    for i in range(3):
-        short = torch.cat([tokens[i : i + 1, :1], tokens[i : i + 1, 1 + keep[i]]], dim=1)
-        assert torch.allclose(out[i], _manual_feature(vit, short)[0], atol=1e-5)
-    with vit.attention_probes():
-        assert torch.allclose(out, vit.forward_features(x, keep_index=keep), atol=1e-5)
-
-
-def test_key_mask_equals_dropping_for_cls(clip_args: dict[str, Any]) -> None:
-    vit = OpenCLIPViT(**clip_args)
-    x = _images()
-    mask = torch.rand(3, 16) < 0.5
-    mask[0] = False
-    mask[2, 1:] = True
-    out = vit.forward_features(x, key_mask=mask)
-    tokens = _manual_tokens(vit, x)
-    for i in range(3):
-        kept = (~mask[i]).nonzero().flatten()
-        short = torch.cat([tokens[i : i + 1, :1], tokens[i : i + 1, 1 + kept]], dim=1)
-        assert torch.allclose(out[i], _manual_feature(vit, short)[0], atol=1e-5)
-    assert torch.allclose(out[0], vit.forward_features(x[:1])[0], atol=1e-5)
-    with vit.attention_probes() as probes:
-        assert torch.allclose(out, vit.forward_features(x, key_mask=mask), atol=1e-5)
-    assert torch.all(probes[1][2, :, :, 2:] == 0)
-    keep = torch.tensor([[0, 1, 2], [3, 4, 5], [0, 5, 9]])
-    both = vit.forward_features(x, keep_index=keep, key_mask=mask)
-    for i in range(3):
-        kept = keep[i][~mask[i, keep[i]]]
-        alone = vit.forward_features(x[i : i + 1], keep_index=kept[None])
-        assert torch.allclose(both[i], alone[0], atol=1e-5)
 
 
 def test_init_args_round_trip(clip_args: dict[str, Any]) -> None:
