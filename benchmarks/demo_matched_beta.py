@@ -51,7 +51,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +135,8 @@ class MaskFraction(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """Record the mask of this step (absent for FD and vanilla)."""
-        mask = getattr(pl_module, "_last_mask", None)
+        """Record the mask of this step (``None`` for FD and vanilla)."""
+        mask = outputs.get("mask") if isinstance(outputs, Mapping) else None
         if mask is not None:
             self.values.append(float(mask.float().mean()))
 

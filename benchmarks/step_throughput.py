@@ -1,15 +1,17 @@
 """Training-step throughput of every fine-tuning method, measured side by side.
 
-For each model and method, builds a :class:`~cfmask.finetuner.CounterfactualFineTuner`,
-then times full optimisation steps on one fixed random batch already on the device:
-``compute_losses`` (relevance pass, masking, refilling, teacher and student passes),
-``backward``, global-norm clipping at 1.0 and an AdamW step; the same work Lightning's
-automatic optimisation does per step, without the data loader or the logging. Warm-up
+For each model and method, builds a :class:`~cfmask.objective.CounterfactualObjective`
+(the loss the fine-tuner trains with) and times optimisation steps on one fixed random
+batch already on the device: the objective's forward (relevance pass, masking,
+refilling, teacher and student passes), ``backward`` of its total loss, global-norm
+clipping at 1.0 and an AdamW step on the student. That is the work of one training
+step of :class:`~cfmask.CounterfactualFineTuner` without Lightning's loop, the data
+loader or the logging. Warm-up
 steps are excluded; the reported step time is the median over ``--repeats`` timed runs
 of ``--steps`` steps each. ``ratio_to_vanilla`` divides each method's step time by
 vanilla fine-tuning's from the same run (same model, batch and precision).
 
-Peak memory (``peak_mem_mb``) is measured while a method's fine-tuner is built and runs
+Peak memory (``peak_mem_mb``) is measured while a method's objective is built and runs
 its warm-up steps, above what was allocated just before (so it counts the student,
 teacher, optimiser state, gradients and activations of that method only). On CUDA it is
 ``torch.cuda.max_memory_allocated`` minus ``torch.cuda.memory_allocated`` before the
@@ -20,7 +22,7 @@ the allocator keeps freed memory, and ``null`` where ``/proc`` does not allow th
 Timing is interleaved: all methods of a model are built and warmed up, then each timed
 repeat visits every method in turn, so a slow-down of a shared machine hits all methods
 alike. ``--sequential`` instead measures and frees one method at a time, for models
-whose fine-tuners do not fit in memory together (ViT-L/14 at large batches).
+whose objectives do not fit in memory together (ViT-L/14 at large batches).
 
 Methods: ``vanilla`` (cross-entropy only), ``fd`` (feature distillation on the clean
 image, no mask), ``obj_single`` / ``obj_multi`` (object mask from the attention-gradient
@@ -66,16 +68,16 @@ from torch import Tensor
 from cfmask.backbones.base import VisionBackbone
 from cfmask.backbones.openclip_vit import OpenCLIPViT
 from cfmask.backbones.timm_vit import TimmViT
-from cfmask.finetuner import CounterfactualFineTuner
 from cfmask.masking.maskers import ObjectMasker, RandomMasker
 from cfmask.masking.refillers import MultiImageRefiller, SingleImageRefiller, TokenDropRefiller
+from cfmask.objective import CounterfactualObjective
 from cfmask.relevance.attention import AttentionGradRelevance
 
 __all__ = ("METHODS", "MODELS", "Result", "main", "run_benchmark")
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
-# Each method: the fine-tuner's keyword arguments (besides the backbone), and whether
+# Each method: the objective's keyword arguments (besides the backbone), and whether
 # every attention should run explicitly (the reference design).
 METHODS: dict[str, tuple[Callable[[], dict[str, Any]], bool]] = {
     "vanilla": (lambda: {"distillation": []}, False),
@@ -258,20 +260,20 @@ def _peak_memory(device: torch.device) -> Iterator[list[float | None]]:
 
 # ------------------------------------------------------------------- the step
 def _step_fn(
-    model: CounterfactualFineTuner,
+    objective: CounterfactualObjective,
     images: Tensor,
     targets: Tensor,
     device: torch.device,
     precision: str,
 ) -> Callable[[], None]:
-    """One optimisation step, as Lightning's automatic optimisation runs it."""
-    params = model.trainable_parameters()
+    """One optimisation step of ``objective``: loss, backward, clipping, AdamW."""
+    params = [p for p in objective.student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)
     scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
 
     def step() -> None:
         with _autocast(device, precision):
-            loss = model.compute_losses(images, targets)["loss"]
+            loss = objective(images, targets).loss
         if scaler is not None:
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.unscale_(optimizer)
@@ -290,7 +292,7 @@ def _step_fn(
 @dataclass
 class _Prepared:
     step: Callable[[], None]
-    model: CounterfactualFineTuner
+    objective: CounterfactualObjective
     peak_mb: float | None
     times: list[float]
 
@@ -304,7 +306,7 @@ def prepare_method(
     precision: str,
     warmup: int,
 ) -> _Prepared:
-    """Build one method's fine-tuner and run its warm-up steps, measuring memory.
+    """Build one method's objective and run its warm-up steps, measuring memory.
 
     Args:
         method: A key of :data:`METHODS`.
@@ -315,7 +317,7 @@ def prepare_method(
         warmup: Untimed steps (at least one is run to measure memory).
 
     Returns:
-        The step closure, the model, and its peak memory (MiB above what was
+        The step closure, the objective, and its peak memory (MiB above what was
         allocated before it was built).
     """
     device = images.device
@@ -324,16 +326,16 @@ def prepare_method(
     before = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
     with _peak_memory(device) as peak:
         torch.manual_seed(0)
-        model = CounterfactualFineTuner(backbone(), **make_kwargs()).to(device)
+        objective = CounterfactualObjective(backbone(), **make_kwargs()).to(device)
         if explicit_attention:
-            set_fused_attention(model, False)
-        model.train()
-        step = _step_fn(model, images, targets, device, precision)
+            set_fused_attention(objective, False)
+        objective.train()
+        step = _step_fn(objective, images, targets, device, precision)
         for _ in range(max(1, warmup)):
             step()
         _sync(device)
     peak_mb = None if peak[0] is None else max(0.0, peak[0] - before)
-    return _Prepared(step=step, model=model, peak_mb=peak_mb, times=[])
+    return _Prepared(step=step, objective=objective, peak_mb=peak_mb, times=[])
 
 
 def time_steps(prepared: _Prepared, device: torch.device, steps: int) -> None:
@@ -365,7 +367,7 @@ def run_benchmark(
     By default all methods of a model are built first and the timed repeats visit
     them in turn (method 1, 2, ..., method 1, 2, ...), so a slow-down of a shared
     machine affects every method alike. ``sequential=True`` measures one method at a
-    time and frees it before the next (for models whose fine-tuners don't fit in
+    time and frees it before the next (for models whose objectives don't fit in
     memory together).
 
     Args:

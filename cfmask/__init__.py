@@ -17,15 +17,18 @@ if TYPE_CHECKING:
     from cfmask.components import Component
     from cfmask.finetuner import CounterfactualFineTuner
     from cfmask.losses import DistillationLoss, FeatureDistillationLoss, LogitDistillationLoss
+    from cfmask.objective import CounterfactualObjective, ObjectiveResult
 
 __version__ = "0.1.0"
 
 __all__ = (
     "Component",
     "CounterfactualFineTuner",
+    "CounterfactualObjective",
     "DistillationLoss",
     "FeatureDistillationLoss",
     "LogitDistillationLoss",
+    "ObjectiveResult",
     "__version__",
 )
 
@@ -33,9 +36,11 @@ __all__ = (
 _PUBLIC_MODULES = {
     "Component": "cfmask.components",
     "CounterfactualFineTuner": "cfmask.finetuner",
+    "CounterfactualObjective": "cfmask.objective",
     "DistillationLoss": "cfmask.losses",
     "FeatureDistillationLoss": "cfmask.losses",
     "LogitDistillationLoss": "cfmask.losses",
+    "ObjectiveResult": "cfmask.objective",
 }
 
 

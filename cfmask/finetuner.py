@@ -1,29 +1,18 @@
 """The :class:`CounterfactualFineTuner` LightningModule.
 
-Implements the training objective of Xiao et al., *Masked Images Are
-Counterfactual Samples for Robust Fine-tuning* (CVPR 2023, arXiv:2303.03052,
-Eq. 2)::
-
-    L = CE(g(f(x)), y) + beta * MSE(f(x_cf), f_0(x_cf))
-
-where ``x_cf`` is built from ``x`` by a :class:`~cfmask.masking.Masker` (which
-patches, possibly guided by a :class:`~cfmask.relevance.RelevanceMap` computed
-on the current student) and a :class:`~cfmask.masking.Refiller` (what to put
-there), and ``f_0`` is a frozen copy of the pre-trained model. Any number of
-:class:`~cfmask.losses.DistillationLoss` terms can be combined, each with its own
-teacher, which covers the paper's baselines (vanilla fine-tuning: no term; KD and
-WiSE-KD: a logit term on clean images) and its Fig. 6 integration (feature
-distillation on ``x_cf`` plus KD from a WiSE-FT teacher on ``x``).
+Trains a ViT classifier with the objective of Xiao et al., *Masked Images Are
+Counterfactual Samples for Robust Fine-tuning* (CVPR 2023, arXiv:2303.03052, Eq. 2),
+which :class:`~cfmask.objective.CounterfactualObjective` computes. This module adds
+what Lightning needs around it: hyperparameters that rebuild every component from a
+checkpoint, AdamW with the paper's schedule and gradient clipping, logging, and the
+validation and test metrics.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import re
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -34,24 +23,17 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from cfmask.backbones.base import VisionBackbone
-from cfmask.losses import DistillationLoss, FeatureDistillationLoss
-from cfmask.masking.base import Counterfactual, Masker, Refiller
+from cfmask.losses import DistillationLoss
+from cfmask.masking.base import Masker, Refiller
 from cfmask.metrics import OOD_AVG, EvalSet, SubsetAccuracy, describe_test_sets, ood_average
+from cfmask.objective import CounterfactualObjective, load_weights_into
 from cfmask.relevance.base import RelevanceMap
-from cfmask.weights import check_compatible, read_model_weights
 
 __all__ = ("CounterfactualFineTuner",)
 
 _COMPONENTS = ("backbone", "relevance", "masker", "refiller")
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 Schedule = Literal["warmup_cosine", "onecycle", "constant"]
-INITIAL_TEACHER = "initial"
-
-
-def _teacher_key(source: str | None) -> str:
-    if source is None:
-        return INITIAL_TEACHER
-    return "ckpt_" + re.sub(r"[^0-9A-Za-z_]", "_", source)
 
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -81,6 +63,16 @@ def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int) -> floa
 
 class CounterfactualFineTuner(pl.LightningModule):
     """Fine-tune a ViT classifier with counterfactual feature distillation.
+
+    The loss of a batch comes from :attr:`objective`, a
+    :class:`~cfmask.objective.CounterfactualObjective` built from the arguments below;
+    ``training_step`` logs its terms and returns ``{"loss": ..., "mask": ...}``, so a
+    callback's ``on_train_batch_end`` finds the step's ``(B, N)`` patch mask (or
+    ``None``) in ``outputs["mask"]``. The objective's modules are also attributes of
+    the fine-tuner (``student``, ``masker``, ``refiller``, ``relevance``,
+    ``distillation``, ``teachers``) and the checkpoint keys are named after them; the
+    objective itself is a plain attribute, not a submodule, so each weight is stored
+    once.
 
     Args:
         backbone: The pre-trained classifier to fine-tune (encoder + head).
@@ -166,41 +158,35 @@ class CounterfactualFineTuner(pl.LightningModule):
         )
         self.save_hyperparameters(ignore=[*_COMPONENTS, "distillation"])
 
-        if masker is not None:
-            if refiller is None:
-                from cfmask.masking.refillers import SingleImageRefiller
-
-                refiller = SingleImageRefiller()
-            if relevance is None and masker.requires_relevance:
-                from cfmask.relevance.attention import AttentionGradRelevance
-
-                relevance = AttentionGradRelevance()
-        if distillation is None:
-            distillation = [FeatureDistillationLoss()]
-
-        self.student = backbone
         if init_weights is not None:
-            self._load_into(self.student, init_weights, "init_weights")
-        self._last_mask: Tensor | None = None
-        self.masker = masker
-        self.refiller = refiller
-        self.relevance = relevance
-        self.distillation = nn.ModuleList(distillation)
-        self.teachers = nn.ModuleDict()
-        for term in distillation:
-            key = _teacher_key(term.teacher)
-            if key not in self.teachers:
-                self.teachers[key] = self._build_teacher(term.teacher)
-        if relevance_source == "teacher" and INITIAL_TEACHER not in self.teachers:
-            self.teachers[INITIAL_TEACHER] = self._build_teacher(None)
+            load_weights_into(backbone, init_weights, "init_weights")
+        objective = CounterfactualObjective(
+            backbone,
+            masker=masker,
+            refiller=refiller,
+            relevance=relevance,
+            distillation=distillation,
+            relevance_source=relevance_source,
+            fuse_student_passes=fuse_student_passes,
+            share_relevance_pass=share_relevance_pass,
+        )
+        # Registered here under the names the checkpoints use; the objective is kept
+        # out of the module tree (see the class docstring).
+        self.student = objective.student
+        self.masker = objective.masker
+        self.refiller = objective.refiller
+        self.relevance = objective.relevance
+        self.distillation = objective.distillation
+        self.teachers = objective.teachers
+        self.__dict__["_objective"] = objective
 
         # Store every component as {class_path, init_args}: the format LightningCLI
         # writes, so checkpoints rebuild them from plain data in both entry points.
         self.hparams["backbone"] = backbone.config()
-        self.hparams["masker"] = masker.config() if masker is not None else None
-        self.hparams["refiller"] = refiller.config() if refiller is not None else None
-        self.hparams["relevance"] = relevance.config() if relevance is not None else None
-        self.hparams["distillation"] = [term.config() for term in distillation]
+        self.hparams["masker"] = self.masker.config() if self.masker is not None else None
+        self.hparams["refiller"] = self.refiller.config() if self.refiller is not None else None
+        self.hparams["relevance"] = self.relevance.config() if self.relevance is not None else None
+        self.hparams["distillation"] = [term.config() for term in objective.terms]
         self.hparams.setdefault("_instantiator", _INSTANTIATOR)
 
         self.val_accuracy = SubsetAccuracy(num_classes=backbone.num_classes)
@@ -209,24 +195,11 @@ class CounterfactualFineTuner(pl.LightningModule):
         self.test_results: dict[str, float] = {}
 
     # ------------------------------------------------------------------ setup
-    def _build_teacher(self, source: str | None) -> VisionBackbone:
-        teacher = copy.deepcopy(self.student)
-        if source is not None:
-            self._load_into(teacher, source, "teacher")
-        teacher.requires_grad_(False)
-        teacher.eval()
-        return teacher
-
-    @staticmethod
-    def _load_into(module: VisionBackbone, path: str, what: str) -> None:
-        if not Path(path).expanduser().is_file():
-            raise FileNotFoundError(
-                f"{what} checkpoint not found: {path}. Pass the path of a cfmask .ckpt "
-                "or a state dict saved with torch.save(model.state_dict(), path)."
-            )
-        weights = read_model_weights(path)
-        check_compatible(module.state_dict(), weights, f"{what} checkpoint {path}")
-        module.load_state_dict(weights)
+    @property
+    def objective(self) -> CounterfactualObjective:
+        """The training objective, sharing this module's student, teachers and components."""
+        objective: CounterfactualObjective = self.__dict__["_objective"]
+        return objective
 
     def setup(self, stage: str) -> None:
         """Check that the datamodule's class count matches the model's head."""
@@ -251,7 +224,7 @@ class CounterfactualFineTuner(pl.LightningModule):
     def train(self, mode: bool = True) -> CounterfactualFineTuner:
         """Set train mode on the student; teachers always stay in eval mode."""
         super().train(mode)
-        self.teachers.eval()
+        self.objective.train(mode)
         return self
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -272,169 +245,29 @@ class CounterfactualFineTuner(pl.LightningModule):
                 "backbone config."
             )
 
-    # --------------------------------------------------------- counterfactual
-    def make_counterfactual(
-        self, images: Tensor, targets: Tensor, scores: Tensor | None = None
-    ) -> Counterfactual:
-        """Build the counterfactual view of a batch (detached).
-
-        Args:
-            images: ``(B, C, H, W)`` pixels in ``[0, 1]``.
-            targets: ``(B,)`` ground-truth class indices.
-            scores: Precomputed ``(B, N)`` relevance; computed here when the masker
-                needs it and none is given.
-
-        Returns:
-            The :class:`~cfmask.masking.Counterfactual`; ``x_cf = x`` without a masker.
-        """
-        if self.masker is None or self.refiller is None:
-            return Counterfactual(images=images)
-        batch_size = images.shape[0]
-        if batch_size < self.refiller.min_batch_size:
-            raise ValueError(
-                f"{type(self.refiller).__name__} takes patches from other images and "
-                f"needs at least {self.refiller.min_batch_size} images per batch, got "
-                f"{batch_size}. Use a larger batch size and drop_last=True in the "
-                "training loader."
-            )
-        if scores is None and self.masker.requires_relevance:
-            relevance = self._require_relevance()
-            source = (
-                self.student
-                if self.hparams["relevance_source"] == "student"
-                else self.teachers[INITIAL_TEACHER]
-            )
-            scores = relevance(source, images, targets)
-        mask = self.masker(scores, batch_size, self.student.grid_size, images.device)
-        self._last_mask = mask
-        cf: Counterfactual = self.refiller(images.detach(), mask, self.student.patch_size)
-        return cf
-
-    def _require_relevance(self) -> RelevanceMap:
-        if self.relevance is None:
-            raise ValueError(
-                f"{type(self.masker).__name__} needs relevance scores but no relevance "
-                "map is configured; set `relevance` (e.g. AttentionGradRelevance)."
-            )
-        return self.relevance
-
-    def can_share_relevance_pass(self) -> bool:
-        """Whether the relevance pass can also provide the clean-batch logits.
-
-        True when ``share_relevance_pass`` is on, the masker needs relevance from the
-        student, and the student computes the same function in train and eval mode
-        (no active dropout, drop-path or batch norm), since the reference computes
-        the map in eval mode.
-        """
-        return bool(
-            self.hparams["share_relevance_pass"]
-            and self.masker is not None
-            and self.masker.requires_relevance
-            and self.hparams["relevance_source"] == "student"
-            and not (self.student.training and has_stochastic_layers(self.student))
-        )
-
     # --------------------------------------------------------------- training
-    def _student_features(self, images: Tensor, cf: Counterfactual) -> tuple[Tensor, Tensor]:
-        """Student features on ``x`` and on ``x_cf`` (one batched pass where possible)."""
-        plain_cf = cf.keep_index is None and cf.key_mask is None
-        if cf.images is images and plain_cf:
-            feats = self.student.forward_features(images)
-            return feats, feats
-        if plain_cf and self.hparams["fuse_student_passes"]:
-            both = self.student.forward_features(torch.cat([images, cf.images]))
-            feats, feats_cf = torch.split(both, images.shape[0])
-            return feats, feats_cf
-        feats = self.student.forward_features(images)
-        return feats, self._student_cf_features(cf)
-
-    def _student_cf_features(self, cf: Counterfactual) -> Tensor:
-        return self.student.forward_features(
-            cf.images, keep_index=cf.keep_index, key_mask=cf.key_mask
-        )
-
-    def compute_losses(self, images: Tensor, targets: Tensor) -> dict[str, Tensor]:
-        """Compute every term of the objective for one batch.
-
-        Args:
-            images: ``(B, C, H, W)`` pixels in ``[0, 1]``.
-            targets: ``(B,)`` class indices.
+    def training_step(
+        self, batch: Sequence[Tensor] | None, batch_idx: int
+    ) -> dict[str, Tensor | None] | None:
+        """One optimisation step of Eq. 2 (plus any extra distillation terms).
 
         Returns:
-            ``loss`` (the total), ``loss_ce``, ``loss_distill`` (sum of the
-            weighted terms, 0 without any) and ``logits`` of the clean batch.
+            ``{"loss": ..., "mask": ...}``: the total loss and the ``(B, N)`` bool
+            patch mask of the step (``None`` when none was drawn), which callbacks
+            receive as ``outputs`` in ``on_train_batch_end``; ``None`` for an empty
+            batch.
         """
-        self.student.check_image_size(images)
-        terms: Sequence[DistillationLoss] = list(self.distillation)  # type: ignore[arg-type]
-        feats_cf: Tensor | None = None
-        if not any(t.inputs == "counterfactual" for t in terms):
-            cf = Counterfactual(images)
-            feats = self.student.forward_features(images)
-            logits = self.student.forward_head(feats)
-        elif self.can_share_relevance_pass():
-            shared = self._require_relevance().forward_with_outputs(self.student, images, targets)
-            feats, logits = shared.features, shared.logits
-            cf = self.make_counterfactual(images, targets, scores=shared.scores)
-            feats_cf = self._student_cf_features(cf)
-        else:
-            cf = self.make_counterfactual(images, targets)
-            feats, feats_cf = self._student_features(images, cf)
-            logits = self.student.forward_head(feats)
-        loss_ce = F.cross_entropy(logits.float(), targets)
-        loss_distill = logits.new_zeros((), dtype=torch.float32)
-        for term in terms:
-            loss_distill = loss_distill + self._distill_term(
-                term, images, cf, feats, logits, feats_cf
-            )
-        return {
-            "loss": loss_ce + loss_distill,
-            "loss_ce": loss_ce,
-            "loss_distill": loss_distill,
-            "logits": logits,
-        }
-
-    def _distill_term(
-        self,
-        term: DistillationLoss,
-        images: Tensor,
-        cf: Counterfactual,
-        feats: Tensor,
-        logits: Tensor,
-        feats_cf: Tensor | None,
-    ) -> Tensor:
-        teacher: VisionBackbone = self.teachers[_teacher_key(term.teacher)]  # type: ignore[assignment]
-        on_cf = term.inputs == "counterfactual"
-        student_feats = feats_cf if on_cf else feats
-        assert student_feats is not None
-        with torch.no_grad():
-            if on_cf:
-                t_feats = teacher.forward_features(
-                    cf.images, keep_index=cf.keep_index, key_mask=cf.key_mask
-                )
-            else:
-                t_feats = teacher.forward_features(images)
-            t_out = t_feats if term.target == "features" else teacher.forward_head(t_feats)
-        if term.target == "features":
-            s_out = student_feats
-        else:
-            s_out = logits if not on_cf else self.student.forward_head(student_feats)
-        result: Tensor = term(s_out, t_out)
-        return result
-
-    def training_step(self, batch: Sequence[Tensor] | None, batch_idx: int) -> Tensor | None:
-        """One optimisation step of Eq. 2 (plus any extra distillation terms)."""
         if batch is None:  # every image of the batch was skipped as unreadable
             return None
         images, targets = batch[0], batch[1]
-        self._last_mask = None
-        out = self.compute_losses(images, targets)
+        out = self.objective(images, targets)
         bs = images.shape[0]
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=bs)
-        self.log("train/loss_ce", out["loss_ce"], batch_size=bs)
-        self.log("train/loss_distill", out["loss_distill"], batch_size=bs)
-        if self._last_mask is not None:
-            self.log("train/mask_fraction", self._last_mask.float().mean(), batch_size=bs)
-        return out["loss"]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
+        self.log("train/loss_ce", out.loss_ce, batch_size=bs)
+        self.log("train/loss_distill", out.loss_distill, batch_size=bs)
+        if out.mask_fraction is not None:
+            self.log("train/mask_fraction", out.mask_fraction, batch_size=bs)
+        return {"loss": out.loss, "mask": out.mask}
 
     # ------------------------------------------------------------- evaluation
     def validation_step(self, batch: Sequence[Tensor] | None, batch_idx: int) -> None:
@@ -576,28 +409,6 @@ def _without_memory_options(config: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(init_args, Mapping):
         out["init_args"] = {k: v for k, v in init_args.items() if k not in _MEMORY_OPTIONS}
     return out
-
-
-def has_stochastic_layers(module: nn.Module) -> bool:
-    """Whether ``module`` has layers whose train-mode output differs from eval mode.
-
-    Dropout with ``p > 0``, stochastic depth (timm ``DropPath``) with a positive
-    rate, and batch norm.
-
-    Args:
-        module: Any module.
-
-    Returns:
-        ``True`` if such a layer exists.
-    """
-    for m in module.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
-            return True
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            return True
-        if type(m).__name__ == "DropPath" and float(getattr(m, "drop_prob", 0.0)) > 0:
-            return True
-    return False
 
 
 def _validate_options(

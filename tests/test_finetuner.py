@@ -2,37 +2,19 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import ClassVar
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cfmask.backbones.timm_vit import TimmViT
 from cfmask.finetuner import CounterfactualFineTuner, warmup_cosine_factor
 from cfmask.losses import FeatureDistillationLoss, LogitDistillationLoss
-from cfmask.masking import Masker
 from cfmask.masking.maskers import ObjectMasker, RandomMasker
-from cfmask.masking.refillers import ConstantRefiller, MultiImageRefiller, SingleImageRefiller
+from cfmask.masking.refillers import MultiImageRefiller
 from cfmask.synthetic import SyntheticDataModule
-
-
-class ParityMasker(Masker):
-    """Deterministic test masker: masks patches where (row + col) is even."""
-
-    requires_relevance: ClassVar[bool] = False
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    def forward(self, scores, batch_size, grid_size, device):  # type: ignore[no-untyped-def]
-        h, w = grid_size
-        rows = torch.arange(h)[:, None]
-        cols = torch.arange(w)[None, :]
-        board = ((rows + cols) % 2 == 0).flatten()
-        return board.expand(batch_size, -1).to(device)
 
 
 def _backbone(cfg: dict[str, object]) -> TimmViT:
@@ -48,87 +30,6 @@ def _perturb(module: torch.nn.Module) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.add_(0.05 * torch.randn_like(p))
-
-
-def test_loss_matches_independent_recomputation(tiny_timm_config):
-    model = CounterfactualFineTuner(
-        _backbone(tiny_timm_config), masker=ParityMasker(), refiller=ConstantRefiller(0.0)
-    )
-    initial = copy.deepcopy(model.student).eval()
-    _perturb(model.student)
-    x, y = _batch()
-    out = model.compute_losses(x, y)
-
-    # x_cf by hand: zero every 8x8 patch whose (row + col) is even.
-    x_cf = x.clone()
-    for r in range(4):
-        for c in range(4):
-            if (r + c) % 2 == 0:
-                x_cf[:, :, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8] = 0.0
-    ce = F.cross_entropy(model.student(x), y)
-    s = model.student.forward_features(x_cf)
-    with torch.no_grad():
-        t = initial.forward_features(x_cf)
-    fd = 30.0 * ((s - t) ** 2).sum() / s.numel()
-    torch.testing.assert_close(out["loss_ce"], ce, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out["loss_distill"], fd, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out["loss"], ce + fd, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("masker", [None, ParityMasker()])
-def test_fused_student_pass_matches_separate_passes(tiny_timm_config, masker):
-    torch.manual_seed(0)
-    base = CounterfactualFineTuner(
-        _backbone(tiny_timm_config), masker=masker, refiller=ConstantRefiller(0.5)
-    )
-    _perturb(base.student)
-    results = []
-    for fuse in (True, False):
-        model = copy.deepcopy(base)
-        model.hparams["fuse_student_passes"] = fuse
-        x, y = _batch()
-        loss = model.compute_losses(x, y)["loss"]
-        grads = torch.autograd.grad(loss, list(model.student.parameters()))
-        results.append((loss.detach(), grads))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
-    for g0, g1 in zip(results[0][1], results[1][1], strict=True):
-        torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-6)
-
-
-def test_no_masker_distils_on_clean_images(tiny_timm_config):
-    model = CounterfactualFineTuner(_backbone(tiny_timm_config))
-    teacher = copy.deepcopy(model.student).eval()
-    _perturb(model.student)
-    x, y = _batch()
-    out = model.compute_losses(x, y)
-    with torch.no_grad():
-        expected = 30.0 * F.mse_loss(model.student.forward_features(x), teacher.forward_features(x))
-    torch.testing.assert_close(out["loss_distill"].detach(), expected, rtol=1e-5, atol=1e-6)
-
-
-def test_vanilla_fine_tuning_has_no_teacher(tiny_timm_config):
-    model = CounterfactualFineTuner(_backbone(tiny_timm_config), distillation=[])
-    assert len(model.teachers) == 0
-    x, y = _batch()
-    out = model.compute_losses(x, y)
-    assert out["loss_distill"].item() == 0.0
-    torch.testing.assert_close(out["loss"], F.cross_entropy(model.student(x), y))
-
-
-def test_kd_term_uses_temperature_on_logits(tiny_timm_config):
-    model = CounterfactualFineTuner(
-        _backbone(tiny_timm_config),
-        distillation=[LogitDistillationLoss(weight=1.0, temperature=10.0)],
-    )
-    teacher = copy.deepcopy(model.student).eval()
-    _perturb(model.student)
-    x, y = _batch()
-    out = model.compute_losses(x, y)
-    s = model.student(x).detach() / 10.0
-    t = teacher(x).detach() / 10.0
-    p_t = t.softmax(-1)
-    kl = (p_t * (p_t.log() - s.log_softmax(-1))).sum(-1).mean() * 100.0
-    torch.testing.assert_close(out["loss_distill"].detach(), kl, rtol=1e-4, atol=1e-6)
 
 
 def _fit(model: CounterfactualFineTuner, tmp_path, steps: int = 2, **trainer_kwargs) -> pl.Trainer:
@@ -203,6 +104,84 @@ def test_checkpoint_round_trip_rebuilds_every_component(tiny_timm_config, tmp_pa
         torch.testing.assert_close(restored.state_dict()[k], v)
 
 
+def test_objective_shares_the_modules_and_checkpoint_keys_keep_their_names(tiny_timm_config):
+    model = CounterfactualFineTuner(
+        _backbone(tiny_timm_config),
+        masker=ObjectMasker(0.3),
+        relevance_source="teacher",
+        fuse_student_passes=False,
+        share_relevance_pass=False,
+    )
+    for copy_ in (model, copy.deepcopy(model)):
+        objective = copy_.objective
+        assert objective.student is copy_.student and objective.teachers is copy_.teachers
+        assert objective.distillation is copy_.distillation
+        assert objective.masker is copy_.masker and objective.refiller is copy_.refiller
+        assert objective.relevance is copy_.relevance
+    objective = model.objective
+    assert (objective.relevance_source, objective.fuse_student_passes) == ("teacher", False)
+    assert objective.share_relevance_pass is False
+    backbone_keys = set(model.student.state_dict())
+    expected = {f"student.{k}" for k in backbone_keys} | {
+        f"teachers.initial.{k}" for k in backbone_keys
+    }
+    assert set(model.state_dict()) == expected
+    model.train()
+    assert model.student.training and not model.teachers["initial"].training
+
+
+def test_checkpoint_written_in_the_module_layout_loads(tiny_timm_config, tmp_path):
+    # A checkpoint assembled by hand in the layout "student.*" / "teachers.initial.*".
+    template = CounterfactualFineTuner(_backbone(tiny_timm_config), lr=1e-3)
+    student, teacher = _backbone(tiny_timm_config), _backbone(tiny_timm_config)
+    _perturb(student)
+    state = {f"student.{k}": v for k, v in student.state_dict().items()}
+    state |= {f"teachers.initial.{k}": v for k, v in teacher.state_dict().items()}
+    path = tmp_path / "layout.ckpt"
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": dict(template.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        },
+        path,
+    )
+    restored = CounterfactualFineTuner.load_from_checkpoint(path)
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(restored.objective.student.state_dict()[k], v)
+    for k, v in teacher.state_dict().items():
+        torch.testing.assert_close(restored.objective.teachers["initial"].state_dict()[k], v)
+
+
+class _RecordMasks(pl.Callback):
+    def __init__(self) -> None:
+        self.masks: list[Tensor | None] = []
+
+    def on_train_batch_end(  # type: ignore[override]
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.masks.append(outputs["mask"])
+
+
+def test_training_step_hands_the_mask_to_callbacks_and_logs_its_fraction(
+    tiny_timm_config, tmp_path
+):
+    record = _RecordMasks()
+    model = CounterfactualFineTuner(_backbone(tiny_timm_config), masker=RandomMasker(0.5))
+    trainer = _fit(model, tmp_path, enable_checkpointing=False, callbacks=[record])
+    assert len(record.masks) == 2
+    last = record.masks[-1]
+    assert last is not None and last.shape == (4, 16) and last.dtype == torch.bool
+    logged = trainer.callback_metrics["train/mask_fraction"]
+    assert float(logged) == pytest.approx(last.sum().item() / last.numel())
+
+    record = _RecordMasks()
+    fd = CounterfactualFineTuner(_backbone(tiny_timm_config))
+    trainer = _fit(fd, tmp_path, enable_checkpointing=False, callbacks=[record])
+    assert record.masks == [None, None]
+    assert "train/mask_fraction" not in trainer.callback_metrics
+
+
 def test_python_and_default_hparams_are_plain_data(tiny_timm_config):
     model = CounterfactualFineTuner(_backbone(tiny_timm_config), masker=RandomMasker(0.5))
     assert model.hparams["masker"] == {
@@ -211,21 +190,6 @@ def test_python_and_default_hparams_are_plain_data(tiny_timm_config):
     }
     assert model.hparams["refiller"]["class_path"] == "cfmask.masking.refillers.SingleImageRefiller"
     assert model.hparams["_instantiator"] == "lightning.pytorch.cli.instantiate_module"
-
-
-def test_batch_of_one_with_donor_refiller_is_a_clear_error(tiny_timm_config):
-    model = CounterfactualFineTuner(
-        _backbone(tiny_timm_config), masker=RandomMasker(0.5), refiller=SingleImageRefiller()
-    )
-    x, y = _batch(1)
-    with pytest.raises(ValueError, match="at least 2 images per batch"):
-        model.compute_losses(x, y)
-
-
-def test_wrong_image_size_is_a_clear_error(tiny_timm_config):
-    model = CounterfactualFineTuner(_backbone(tiny_timm_config), distillation=[])
-    with pytest.raises(ValueError, match="not divisible by the patch size 8"):
-        model.compute_losses(torch.rand(2, 3, 30, 30), torch.zeros(2, dtype=torch.long))
 
 
 def test_checkpoint_from_another_backbone_is_refused(tiny_timm_config, tmp_path):
@@ -238,28 +202,6 @@ def test_checkpoint_from_another_backbone_is_refused(tiny_timm_config, tmp_path)
     with pytest.raises(ValueError, match="trained with the backbone"):
         CounterfactualFineTuner(_backbone(other)).on_load_checkpoint(
             {"hyper_parameters": {"backbone": model.hparams["backbone"]}}
-        )
-
-
-def test_teacher_from_checkpoint_for_wise_kd(tiny_timm_config, tmp_path):
-    donor = _backbone(tiny_timm_config)
-    _perturb(donor)
-    path = tmp_path / "wise.pt"
-    torch.save(donor.state_dict(), path)
-    model = CounterfactualFineTuner(
-        _backbone(tiny_timm_config),
-        masker=ParityMasker(),
-        refiller=ConstantRefiller(0.0),
-        distillation=[FeatureDistillationLoss(), LogitDistillationLoss(teacher=str(path))],
-    )
-    assert len(model.teachers) == 2 and "initial" in model.teachers
-    wise_teacher = model.teachers[next(k for k in model.teachers if k != "initial")]
-    for k, v in donor.state_dict().items():
-        torch.testing.assert_close(wise_teacher.state_dict()[k], v)
-    missing = tmp_path / "missing.pt"
-    with pytest.raises(FileNotFoundError, match="teacher checkpoint not found"):
-        CounterfactualFineTuner(
-            _backbone(tiny_timm_config), distillation=[LogitDistillationLoss(teacher=str(missing))]
         )
 
 
@@ -310,55 +252,28 @@ def test_test_loop_logs_each_set_and_ood_average(tiny_timm_config, tmp_path):
     assert metrics["test/id/acc1"] == pytest.approx(acc)
 
 
-def test_object_masker_uses_default_relevance(tiny_timm_config):
-    model = CounterfactualFineTuner(_backbone(tiny_timm_config), masker=ObjectMasker(0.3))
-    x, y = _batch()
-    grads_before = [p.grad for p in model.student.parameters()]
-    model.train()
-    cf = model.make_counterfactual(x, y)
-    assert model.student.training
-    assert all(g is None for g in grads_before)
-    assert all(p.grad is None for p in model.student.parameters())
-    changed = (cf.images != x).flatten(1).any(1)
-    assert changed.shape == (4,)
-
-
-@pytest.mark.parametrize("refiller", [SingleImageRefiller(allow_self=False), MultiImageRefiller()])
-def test_shared_relevance_pass_matches_separate_passes(tiny_timm_config, refiller):
-    base = CounterfactualFineTuner(
-        _backbone(tiny_timm_config), masker=ObjectMasker(0.3), refiller=refiller
-    )
-    _perturb(base.student)
-    base.train()
-    x, y = _batch()
-    results = []
-    for share in (True, False):
-        model = copy.deepcopy(base)
-        model.hparams["share_relevance_pass"] = share
-        assert model.can_share_relevance_pass() is share
-        torch.manual_seed(7)  # same donors in both runs
-        out = model.compute_losses(x, y)
-        grads = torch.autograd.grad(out["loss"], list(model.student.parameters()))
-        assert all(p.grad is None for p in model.student.parameters())
-        results.append((out["loss"].detach(), out["loss_distill"].detach(), grads))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
-    for g0, g1 in zip(results[0][2], results[1][2], strict=True):
-        torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-6)
-
-
-def test_relevance_pass_is_not_shared_with_stochastic_layers(tiny_timm_config):
-    cfg = dict(tiny_timm_config)
-    cfg["model_kwargs"] = dict(cfg["model_kwargs"], drop_path_rate=0.1)
-    model = CounterfactualFineTuner(_backbone(cfg), masker=ObjectMasker(0.3))
-    model.train()
-    assert not model.can_share_relevance_pass()
-    model.eval()
-    assert model.can_share_relevance_pass()
-
-
 def test_class_count_mismatch_with_the_datamodule_is_a_clear_error(tiny_timm_config, tmp_path):
     model = CounterfactualFineTuner(_backbone(tiny_timm_config), distillation=[])  # 3 classes
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="datamodule has 5 classes but the model's head has 3"):
         trainer.fit(model, datamodule=SyntheticDataModule(num_classes=5, batch_size=4))
+
+
+def test_matched_beta_benchmark_reads_the_mask_from_the_step_outputs(tiny_timm_config, tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_matched_beta.py"
+    spec = importlib.util.spec_from_file_location("demo_matched_beta", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up by name
+    spec.loader.exec_module(bench)
+
+    fraction, record = bench.MaskFraction(), _RecordMasks()
+    model = CounterfactualFineTuner(_backbone(tiny_timm_config), masker=RandomMasker(0.5))
+    _fit(model, tmp_path, enable_checkpointing=False, callbacks=[fraction, record])
+    expected = [m.float().mean().item() for m in record.masks if m is not None]
+    assert len(expected) == 2
+    assert fraction.mean() == pytest.approx(100.0 * sum(expected) / 2)

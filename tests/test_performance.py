@@ -97,7 +97,7 @@ def _loss_and_grads(
     model: CounterfactualFineTuner, x: Tensor, y: Tensor
 ) -> tuple[Tensor, list[Tensor]]:
     torch.manual_seed(11)  # same donors and random masks in every run
-    loss = model.compute_losses(x, y)["loss"]
+    loss = model.objective(x, y).loss
     grads = torch.autograd.grad(loss, list(model.student.parameters()))
     return loss.detach(), list(grads)
 
@@ -458,7 +458,7 @@ def test_two_process_ddp_matches_single_process_full_batch(tmp_path: Path) -> No
     model.student.load_state_dict(init)
     model.train()
     x, y = torch.cat([x0, x1]), torch.cat([y0, y1])
-    loss = model.compute_losses(x, y)["loss"]
+    loss = model.objective(x, y).loss
     names = [n for n, _ in model.student.named_parameters()]
     grads = torch.autograd.grad(loss, [p for _, p in model.student.named_parameters()])
     for name, g in zip(names, grads, strict=True):
