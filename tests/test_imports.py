@@ -26,8 +26,11 @@ def test_lazy_top_level_names_resolve_to_their_classes():
     from cfmask.backbones.openclip_vit import OpenCLIPViT as DirectOpenCLIP
     from cfmask.backbones.timm_vit import TimmViT as DirectTimm
     from cfmask.finetuner import CounterfactualFineTuner
+    from cfmask.objective import CounterfactualObjective, ObjectiveResult
 
     assert cfmask.CounterfactualFineTuner is CounterfactualFineTuner
+    assert cfmask.CounterfactualObjective is CounterfactualObjective
+    assert cfmask.ObjectiveResult is ObjectiveResult
     assert TimmViT is DirectTimm and OpenCLIPViT is DirectOpenCLIP
     assert set(cfmask.__all__) <= set(dir(cfmask))
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
