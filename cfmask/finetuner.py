@@ -107,7 +107,8 @@ class CounterfactualFineTuner(pl.LightningModule):
         share_relevance_pass: Take the clean batch's features and logits from the
             relevance pass (attention probes on the current student) instead of a
             second forward pass on ``x``, when that gives the same function (see
-            :meth:`can_share_relevance_pass`). Saves one forward per step.
+            :meth:`~cfmask.objective.CounterfactualObjective.can_share_relevance_pass`).
+            Saves one forward per step.
 
     Distributed training (DDP): each rank builds its counterfactuals from its own
     per-device batch. Refill donors (the single-fill permutation, the multi-fill
