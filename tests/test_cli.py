@@ -169,3 +169,10 @@ def test_python_module_entry_point_help():
 def test_example_stack_files_are_valid_yaml():
     for path in CONFIGS.rglob("*.yaml"):
         assert isinstance(yaml.safe_load(path.read_text()), dict), path
+
+
+def test_every_recipe_folder_is_collected():
+    # The parse test above is parametrised by a glob; an empty glob would pass silently.
+    folders = {p.parent.name for p in CONFIGS.rglob("*.yaml")}
+    assert {"backbone", "data", "trainer", "method", "table1", "smoke"} <= folders
+    assert len(_stacks()) == len(list(CONFIGS.rglob("*.yaml")))
