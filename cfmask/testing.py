@@ -33,16 +33,24 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
 from typing import Any
 
 import torch
+from lightning.pytorch import Trainer
 from torch import Tensor
 
 from cfmask.components import Component
 from cfmask.functional.patches import patch_mask_to_pixels
 from cfmask.masking.base import Counterfactual, Masker, Refiller
 
-__all__ = ("check_component_config", "check_masker", "check_refiller", "fake_scores")
+__all__ = (
+    "check_component_config",
+    "check_masker",
+    "check_refiller",
+    "fake_scores",
+    "quiet_trainer",
+)
 
 
 def fake_scores(
@@ -342,3 +350,36 @@ def check_refiller(
             f"all behaviour must follow from the __init__ arguments."
         )
     return result
+
+
+def quiet_trainer(default_root_dir: str | os.PathLike[str], **overrides: Any) -> Trainer:
+    """Return a Lightning :class:`~lightning.pytorch.Trainer` for fast, silent test runs.
+
+    One CPU device, no logger, no progress bar or model summary, no sanity check,
+    one validation batch per validation run; ``overrides`` replace any of these
+    (for example ``max_steps=2``, ``precision="bf16-mixed"``, ``callbacks=[...]``).
+
+    Args:
+        default_root_dir: Where checkpoints go (a test's ``tmp_path``).
+        **overrides: Any other :class:`~lightning.pytorch.Trainer` arguments.
+
+    Returns:
+        The trainer.
+
+    Example:
+        >>> import tempfile
+        >>> quiet_trainer(tempfile.mkdtemp(), max_steps=1).max_steps
+        1
+    """
+    settings: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 1,
+        "default_root_dir": default_root_dir,
+    }
+    settings.update(overrides)
+    return Trainer(**settings)

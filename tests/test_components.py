@@ -22,7 +22,7 @@ from cfmask.masking import (
     TokenDropRefiller,
 )
 from cfmask.relevance import AttentionGradRelevance, AttentionRolloutRelevance
-from cfmask.testing import check_component_config
+from cfmask.testing import check_component_config, quiet_trainer
 
 COMPONENTS = [
     ObjectMasker(0.4),
@@ -82,16 +82,7 @@ def test_resuming_a_run_continues_it(tiny_timm_config, tmp_path):
     from cfmask.synthetic import SyntheticDataModule
 
     def trainer(steps: int) -> pl.Trainer:
-        return pl.Trainer(
-            max_steps=steps,
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-            num_sanity_val_steps=0,
-            limit_val_batches=1,
-        )
+        return quiet_trainer(tmp_path, max_steps=steps)
 
     dm = SyntheticDataModule(batch_size=4, train_size=8)
     first = trainer(2)

@@ -15,6 +15,7 @@ from cfmask.losses import FeatureDistillationLoss, LogitDistillationLoss
 from cfmask.masking.maskers import ObjectMasker, RandomMasker
 from cfmask.masking.refillers import MultiImageRefiller
 from cfmask.synthetic import SyntheticDataModule
+from cfmask.testing import quiet_trainer
 
 
 def _backbone(cfg: dict[str, object]) -> TimmViT:
@@ -33,18 +34,7 @@ def _perturb(module: torch.nn.Module) -> None:
 
 
 def _fit(model: CounterfactualFineTuner, tmp_path, steps: int = 2, **trainer_kwargs) -> pl.Trainer:
-    trainer = pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-        limit_val_batches=1,
-        **trainer_kwargs,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=steps, **trainer_kwargs)
     trainer.fit(model, datamodule=SyntheticDataModule(batch_size=4, train_size=16))
     return trainer
 
@@ -228,9 +218,7 @@ def test_onecycle_cycles_beta1_like_the_reference(tiny_timm_config, tmp_path):
 
 def test_test_loop_logs_each_set_and_ood_average(tiny_timm_config, tmp_path):
     model = CounterfactualFineTuner(_backbone(tiny_timm_config), distillation=[])
-    trainer = pl.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
-    )
+    trainer = quiet_trainer(tmp_path)
     dm = SyntheticDataModule(batch_size=4, test_sets=["id", "noisy", "noisier"])
     metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
     assert set(metrics) == {
@@ -254,7 +242,7 @@ def test_test_loop_logs_each_set_and_ood_average(tiny_timm_config, tmp_path):
 
 def test_class_count_mismatch_with_the_datamodule_is_a_clear_error(tiny_timm_config, tmp_path):
     model = CounterfactualFineTuner(_backbone(tiny_timm_config), distillation=[])  # 3 classes
-    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, default_root_dir=tmp_path)
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     with pytest.raises(ValueError, match="datamodule has 5 classes but the model's head has 3"):
         trainer.fit(model, datamodule=SyntheticDataModule(num_classes=5, batch_size=4))
 

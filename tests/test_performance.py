@@ -37,6 +37,7 @@ from cfmask.masking.refillers import (
 )
 from cfmask.relevance.attention import AttentionGradRelevance
 from cfmask.synthetic import SyntheticDataModule
+from cfmask.testing import quiet_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CLIP_CFG = {
@@ -282,17 +283,12 @@ def test_bf16_mixed_fit_step_on_cpu(tiny_timm_config: dict[str, Any], tmp_path: 
         def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
             losses.append(float(trainer.callback_metrics["train/loss"]))
 
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_steps=1,
-        accelerator="cpu",
         precision="bf16-mixed",
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
-        default_root_dir=tmp_path,
         callbacks=[Record()],
     )
     trainer.fit(model, datamodule=SyntheticDataModule(batch_size=4, train_size=8))
@@ -337,18 +333,13 @@ def test_mixed_precision_fit_step_on_gpu(
         _timm(tiny_timm_config), masker=ObjectMasker(0.3), lr=1e-3, schedule="constant"
     )
     before = {k: v.clone() for k, v in model.student.state_dict().items()}
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_steps=2,
         accelerator="gpu",
-        devices=1,
-        precision=precision,  # type: ignore[arg-type]
-        logger=False,
+        precision=precision,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
-        default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=SyntheticDataModule(batch_size=4, train_size=8))
     state = {k: v.cpu() for k, v in model.student.state_dict().items()}
