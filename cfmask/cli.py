@@ -16,19 +16,31 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
+import logging
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from cfmask.finetuner import CounterfactualFineTuner
+from cfmask.checkpoints import LastAndBestCheckpoint, refusing_unsafe_checkpoints
+from cfmask.finetuner import CounterfactualFineTuner, _without_memory_options
 
-__all__ = ("CfmaskCLI", "load_plugins", "main")
+__all__ = (
+    "CfmaskCLI",
+    "CheckpointConfigConflict",
+    "load_plugins",
+    "main",
+    "reconcile_model_config",
+)
+
+_log = logging.getLogger(__name__)
 
 PLUGIN_GROUP = "cfmask.plugins"
 _BUILTIN_MODULES = (
@@ -71,14 +83,16 @@ def load_plugins() -> list[str]:
 class CfmaskCLI(LightningCLI):
     """LightningCLI with cfmask's defaults.
 
-    Adds a ``checkpoint`` group (a :class:`~lightning.pytorch.callbacks.ModelCheckpoint`
-    that keeps the best ``val/acc1`` and the last epoch, as the paper selects the
-    checkpoint on the held-out split) and prints a results table after ``test``.
+    Adds a ``checkpoint`` group (a :class:`~cfmask.checkpoints.LastAndBestCheckpoint`
+    that keeps the best ``val/acc1`` as ``best-…`` and the last completed step as
+    ``last.ckpt``, as the paper selects the checkpoint on the held-out split), checks
+    a ``--ckpt_path``'s stored arguments against the configuration, and prints a
+    results table after ``test``.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Register the checkpoint callback with the paper's selection rule."""
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastAndBestCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc1",
@@ -87,6 +101,51 @@ class CfmaskCLI(LightningCLI):
                 "checkpoint.filename": "best-{epoch}-{step}",
             }
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """Reconcile the configuration with the hyper-parameters stored in ``--ckpt_path``.
+
+        Lightning's own rule replaces the whole model configuration with the
+        checkpoint's. Here a model argument the user left at its default takes the
+        checkpoint's value (so a short config can test a checkpoint), but an argument
+        the configuration sets explicitly is never replaced: a different backbone is
+        an error, and so is any other difference when resuming ``fit`` (the optimiser
+        and schedule state would not match); for ``validate``/``test``/``predict`` the
+        configured value is kept and every differing key is listed in a warning.
+        The file is read with ``weights_only=True``.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return  # "best"/"last"/URLs: read later, through the module's safe CheckpointIO
+        with refusing_unsafe_checkpoints(ckpt_path):
+            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams or "_class_path" in hparams:
+            super()._parse_ckpt_path()
+            return
+        try:
+            merged = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"Parsing of the hyper-parameters stored in {ckpt_path} failed!\n")
+            raise
+        user_model = self.config[subcommand]["model"]
+        ckpt_model = merged[subcommand]["model"]
+        take, conflicts = reconcile_model_config(
+            _plain(user_model), _plain(ckpt_model), _init_defaults(self._model_class)
+        )
+        if conflicts:
+            error = CheckpointConfigConflict(ckpt_path, subcommand, conflicts)
+            if subcommand == "fit" or "backbone" in conflicts:
+                raise error
+            warnings.warn(str(error), UserWarning, stacklevel=2)
+        for name in take:
+            user_model[name] = ckpt_model[name]
+        if take:
+            _log.info("taken from %s: %s", ckpt_path, ", ".join(f"model.{n}" for n in take))
 
     def _prepare_subcommand_parser(
         self, klass: type, subcommand: str, **kwargs: Any
@@ -98,6 +157,147 @@ class CfmaskCLI(LightningCLI):
         if subcommand in ("test", "validate"):
             parser.set_defaults({"verbose": False})
         return parser
+
+
+class CheckpointConfigConflict(ValueError):
+    """The configuration sets model arguments that differ from the checkpoint's.
+
+    Args:
+        ckpt_path: The checkpoint.
+        subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
+        conflicts: Model argument → ``[(dotted key, checkpoint value, configured value)]``.
+    """
+
+    def __init__(
+        self,
+        ckpt_path: str,
+        subcommand: str,
+        conflicts: Mapping[str, list[tuple[str, Any, Any]]],
+    ) -> None:
+        self.conflicts = dict(conflicts)
+        lines = [
+            f"  {key}: checkpoint {ckpt!r}, configuration {mine!r}"
+            for diffs in conflicts.values()
+            for key, ckpt, mine in diffs
+        ]
+        if "backbone" in conflicts:
+            advice = (
+                "A checkpoint only loads into the backbone it was trained with: use the "
+                "same backbone config as the run that wrote it."
+            )
+        elif subcommand == "fit":
+            advice = (
+                "Resuming restores the optimiser and schedule of the checkpoint's run, so its "
+                "configuration must be used: drop these settings, or start a new run from "
+                "the weights with --model.init_weights instead of --ckpt_path."
+            )
+        else:
+            advice = "The configured values are used; drop them to use the checkpoint's."
+        super().__init__(
+            f"--ckpt_path {ckpt_path} was written with other model arguments than the "
+            f"configuration of this `cfmask {subcommand}`:\n" + "\n".join(lines) + "\n" + advice
+        )
+
+
+def reconcile_model_config(
+    configured: Mapping[str, Any], checkpoint: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> tuple[list[str], dict[str, list[tuple[str, Any, Any]]]]:
+    """Decide, per model argument, between the configuration and a checkpoint.
+
+    An argument whose configured value equals its ``__init__`` default was not set
+    by the user and takes the checkpoint's value; an argument set to something else
+    is explicit and is reported when it differs from the checkpoint (memory-only
+    backbone options such as ``grad_checkpointing`` are ignored).
+
+    Args:
+        configured: The configured model arguments (plain data).
+        checkpoint: The same arguments as stored in the checkpoint (plain data).
+        defaults: ``__init__`` defaults of the model class (arguments without a
+            default are always explicit).
+
+    Returns:
+        ``(take, conflicts)``: the argument names to take from the checkpoint, and
+        for each explicit argument that differs, its differing dotted keys as
+        ``(key, checkpoint value, configured value)``.
+
+    Example:
+        >>> reconcile_model_config(
+        ...     {"lr": 0.1, "weight_decay": 0.1}, {"lr": 0.5, "weight_decay": 0.2},
+        ...     {"lr": 3e-5, "weight_decay": 0.1})
+        (['weight_decay'], {'lr': [('model.lr', 0.5, 0.1)]})
+    """
+    take: list[str] = []
+    conflicts: dict[str, list[tuple[str, Any, Any]]] = {}
+    _missing = object()
+    for name in sorted(set(configured) | set(checkpoint)):
+        mine, theirs = configured.get(name), checkpoint.get(name)
+        if name == "backbone" and isinstance(mine, Mapping) and isinstance(theirs, Mapping):
+            mine, theirs = _without_memory_options(mine), _without_memory_options(theirs)
+        if _normalise(mine) == _normalise(theirs):
+            continue
+        default = defaults.get(name, _missing)
+        if default is not _missing and _normalise(mine) == _normalise(default):
+            if name != "init_weights":  # the checkpoint's weights replace it anyway
+                take.append(name)
+            continue
+        conflicts[name] = _differences(f"model.{name}", theirs, mine)
+    return take, conflicts
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            k: _canonical_class_path(v) if k == "class_path" else _normalise(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def _canonical_class_path(path: Any) -> Any:
+    """The path of a class in its defining module.
+
+    ``cfmask.masking.ObjectMasker`` and ``cfmask.masking.maskers.ObjectMasker`` name
+    the same class and compare equal after this.
+    """
+    if not isinstance(path, str) or "." not in path:
+        return path
+    module_name, _, name = path.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return path
+    return f"{getattr(obj, '__module__', module_name)}.{getattr(obj, '__qualname__', name)}"
+
+
+def _differences(prefix: str, theirs: Any, mine: Any) -> list[tuple[str, Any, Any]]:
+    if isinstance(theirs, Mapping) and isinstance(mine, Mapping):
+        out: list[tuple[str, Any, Any]] = []
+        for key in sorted(set(theirs) | set(mine), key=str):
+            if key == "class_path" and _canonical_class_path(theirs.get(key)) == (
+                _canonical_class_path(mine.get(key))
+            ):
+                continue
+            out += _differences(f"{prefix}.{key}", theirs.get(key), mine.get(key))
+        return out
+    if _normalise(theirs) == _normalise(mine):
+        return []
+    return [(prefix, theirs, mine)]
+
+
+def _plain(namespace: Any) -> dict[str, Any]:
+    as_dict = getattr(namespace, "as_dict", None)
+    return dict(as_dict()) if callable(as_dict) else dict(namespace)
+
+
+def _init_defaults(cls: Any) -> dict[str, Any]:
+    target = cls if isinstance(cls, type) else CounterfactualFineTuner
+    return {
+        name: p.default
+        for name, p in inspect.signature(target).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def _wise(argv: Sequence[str]) -> int:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -23,11 +24,19 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from cfmask.backbones.base import VisionBackbone
+from cfmask.checkpoints import (
+    install_safe_checkpoint_io,
+    refusing_unsafe_checkpoints,
+    require_weights_only,
+)
 from cfmask.losses import DistillationLoss
 from cfmask.masking.base import Masker, Refiller
 from cfmask.metrics import OOD_AVG, EvalSet, SubsetAccuracy, describe_test_sets, ood_average
 from cfmask.objective import CounterfactualObjective, load_weights_into
 from cfmask.relevance.base import RelevanceMap
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ("CounterfactualFineTuner",)
 
@@ -203,7 +212,14 @@ class CounterfactualFineTuner(pl.LightningModule):
         return objective
 
     def setup(self, stage: str) -> None:
-        """Check that the datamodule's class count matches the model's head."""
+        """Read checkpoints safely and check the datamodule's class count against the head.
+
+        Installs :class:`~cfmask.checkpoints.SafeCheckpointIO` on the Trainer's
+        strategy: Lightning restores a ``ckpt_path`` after this hook, and then reads
+        it with ``weights_only=True`` whether it is a local file or a URL.
+        """
+        if self._trainer is not None:
+            install_safe_checkpoint_io(self.trainer.strategy)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         expected = getattr(datamodule, "num_classes", None)
         if isinstance(expected, int) and expected != self.student.num_classes:
@@ -227,6 +243,50 @@ class CounterfactualFineTuner(pl.LightningModule):
         super().train(mode)
         self.objective.train(mode)
         return self
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Rebuild a fine-tuner from a checkpoint file, URL or stream, safely.
+
+        Same as Lightning's ``load_from_checkpoint``, except that the checkpoint is
+        always read with ``weights_only=True`` (remote paths included), so nothing
+        in the file can run code.
+
+        Args:
+            checkpoint_path: Local path, ``http(s)://`` URL, fsspec path or stream.
+            map_location: Where to put the tensors (as in ``torch.load``).
+            hparams_file: Optional YAML/CSV with hyper-parameters that replace the
+                stored ones.
+            strict: Whether the state dict must match exactly.
+            weights_only: ``None`` or ``True``; ``False`` is refused.
+            **kwargs: Hyper-parameters that override the stored ones.
+
+        Returns:
+            The rebuilt fine-tuner.
+
+        Raises:
+            ValueError: If ``weights_only=False`` is requested.
+            UnsafeCheckpointError: If the file holds objects that could run code.
+        """
+        require_weights_only(weights_only)
+        with refusing_unsafe_checkpoints(checkpoint_path):
+            model: Self = super().load_from_checkpoint(
+                checkpoint_path,
+                map_location=map_location,
+                hparams_file=hparams_file,
+                strict=strict,
+                weights_only=True,
+                **kwargs,
+            )
+        return model
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint that was trained with another backbone."""
