@@ -34,10 +34,11 @@ class TestResultsReport(pl.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         skipped_fn = getattr(datamodule, "skipped_images", None)
         skipped = skipped_fn() if callable(skipped_fn) else None
+        scored = getattr(pl_module, "test_counts", None) or None
         console = Console()
-        console.print(results_table(results, eval_sets=eval_sets, skipped=skipped))
+        console.print(results_table(results, eval_sets=eval_sets, skipped=skipped, scored=scored))
         directory = self.output_dir or trainer.log_dir or trainer.default_root_dir
         json_path, csv_path = write_results(
-            results, directory, eval_sets=eval_sets, skipped=skipped
+            results, directory, eval_sets=eval_sets, skipped=skipped, scored=scored
         )
         console.print(f"results written to {json_path} and {csv_path}")

@@ -203,6 +203,7 @@ class CounterfactualFineTuner(pl.LightningModule):
         self.test_accuracies = nn.ModuleList()
         self.test_eval_sets: list[EvalSet] = []
         self.test_results: dict[str, float] = {}
+        self.test_counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ setup
     @property
@@ -373,7 +374,15 @@ class CounterfactualFineTuner(pl.LightningModule):
         metric.update(self.student(images), targets)
 
     def on_test_epoch_end(self) -> None:
-        """Log ``test/<set>/acc1`` for each set and ``test/ood_avg/acc1``."""
+        """Log ``test/<set>/acc1`` for each set and ``test/ood_avg/acc1``.
+
+        Also keeps the number of images scored per set in :attr:`test_counts` (the
+        results table's "Images" column).
+        """
+        self.test_counts = {
+            s.name: int(self.trainer.strategy.reduce(_scored(metric), reduce_op="sum"))
+            for s, metric in zip(self.test_eval_sets, self.test_accuracies, strict=True)
+        }
         results = {
             s.name: float(metric.compute())  # type: ignore[operator]
             for s, metric in zip(self.test_eval_sets, self.test_accuracies, strict=True)
@@ -458,6 +467,12 @@ class CounterfactualFineTuner(pl.LightningModule):
     def student_state_dict(self) -> Mapping[str, Tensor]:
         """The fine-tuned model's weights (without teachers)."""
         return self.student.state_dict()
+
+
+def _scored(metric: nn.Module) -> Tensor:
+    """The number of images a :class:`~cfmask.metrics.SubsetAccuracy` has seen (this rank)."""
+    total: Tensor = metric.total  # type: ignore[assignment]
+    return total.detach().clone()
 
 
 _MEMORY_OPTIONS = ("grad_checkpointing",)

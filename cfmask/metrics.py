@@ -302,6 +302,7 @@ def _rows(
     eval_sets: Sequence[EvalSet] | None,
     skipped: Mapping[str, Sequence[str]] | None,
     id_name: str,
+    scored: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     by_name = {s.name: s for s in eval_sets or ()}
     names = [s.name for s in eval_sets or () if s.name in results]
@@ -310,17 +311,25 @@ def _rows(
     for n in names:
         s = by_name.get(n)
         skip = len((skipped or {}).get(n, ()))
+        found = None if s is None else s.num_samples
+        if scored is not None and n in scored:
+            count: int | None = int(scored[n])
+        else:
+            count = None if found is None else found - skip
         notes = []
         if s is not None and s.truncated:
             notes.append(f"TRUNCATED: {s.num_samples:,} images, published {s.expected_samples:,}")
         if skip:
             notes.append(f"{skip} undecodable image(s) skipped")
+        if count is not None and found is not None and count != found - skip:
+            notes.append(f"{count:,} of {found - skip:,} readable images scored")
         rows.append(
             {
                 "set": n,
                 "acc1": float(results[n]),
                 "role": "id" if n == id_name else "ood",
-                "num_samples": None if s is None else s.num_samples,
+                "num_samples": found,
+                "scored": count,
                 "expected_samples": None if s is None else s.expected_samples,
                 "truncated": bool(s is not None and s.truncated),
                 "skipped": skip,
@@ -336,6 +345,7 @@ def results_table(
     skipped: Mapping[str, Sequence[str]] | None = None,
     id_name: str = "imagenet",
     title: str = "Top-1 accuracy (%)",
+    scored: Mapping[str, int] | None = None,
 ) -> Table:
     """Render per-set accuracies and the OOD average as a rich table.
 
@@ -348,6 +358,8 @@ def results_table(
         skipped: Set name → skipped image paths (``datamodule.skipped_images()``).
         id_name: Name of the ID set when ``eval_sets`` doesn't say.
         title: Table title.
+        scored: Set name → number of images scored (the fine-tuner's
+            ``test_counts``); default: images found minus images skipped.
 
     Returns:
         The table (print it with ``rich.console.Console().print``).
@@ -358,8 +370,8 @@ def results_table(
     table.add_column("Top-1", justify="right")
     table.add_column("Images", justify="right")
     table.add_column("Warning")
-    for r in _rows(results, eval_sets, skipped, id_name):
-        n, e = r["num_samples"], r["expected_samples"]
+    for r in _rows(results, eval_sets, skipped, id_name, scored):
+        n, e = r["scored"], r["expected_samples"]
         count = "" if n is None else f"{n:,}" + ("" if e is None else f" / {e:,}")
         name = r["set"] + (" (ID)" if r["role"] == "id" else "")
         warn = f"[bold red]{r['note']}[/]" if r["note"] else ""
@@ -378,13 +390,16 @@ def write_results(
     skipped: Mapping[str, Sequence[str]] | None = None,
     id_name: str = "imagenet",
     stem: str = "results",
+    scored: Mapping[str, int] | None = None,
 ) -> tuple[Path, Path]:
     """Write the results as ``<stem>.json`` and ``<stem>.csv`` in ``directory``.
 
     The JSON holds ``{"acc1": {set: acc}, "ood_avg": …, "sets": [row, …],
     "warnings": [...], "skipped": {set: [paths]}}``; the CSV has one row per set
-    plus an ``ood_avg`` row, with columns ``set, role, acc1, num_samples,
-    expected_samples, truncated, skipped, note``. Accuracies are in ``[0, 1]``.
+    plus an ``ood_avg`` row, with columns ``set, role, acc1, num_samples, scored,
+    expected_samples, truncated, skipped, note`` (``num_samples`` images were found,
+    ``scored`` were scored, ``skipped`` could not be decoded). Accuracies are in
+    ``[0, 1]``.
 
     Args:
         results: Set name → accuracy in ``[0, 1]``.
@@ -393,6 +408,7 @@ def write_results(
         skipped: Set name → skipped image paths.
         id_name: Name of the ID set when ``eval_sets`` doesn't say.
         stem: File name without suffix.
+        scored: Set name → number of images scored (default: found minus skipped).
 
     Returns:
         Paths of the JSON and CSV files.
@@ -400,7 +416,7 @@ def write_results(
     id_name = _id_name(eval_sets, id_name)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    rows = _rows(results, eval_sets, skipped, id_name)
+    rows = _rows(results, eval_sets, skipped, id_name, scored)
     avg = ood_average(results, id_name)
     payload = {
         "acc1": {r["set"]: r["acc1"] for r in rows},
@@ -412,7 +428,9 @@ def write_results(
     }
     json_path, csv_path = out / f"{stem}.json", out / f"{stem}.csv"
     json_path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    fields = ["set", "role", "acc1", "num_samples", "expected_samples", "truncated", "skipped"]
+    fields = [
+        "set", "role", "acc1", "num_samples", "scored", "expected_samples", "truncated", "skipped"
+    ]  # fmt: skip
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=[*fields, "note"])
         w.writeheader()

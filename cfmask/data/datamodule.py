@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -25,9 +26,11 @@ from torch.utils.data import DataLoader, Dataset
 from cfmask.data.cache import open_or_build_cache
 from cfmask.data.folder import (
     DataLayoutError,
+    DataLayoutWarning,
     FolderImageDataset,
     SkipLog,
     collate_skipping,
+    has_images,
     list_class_folders,
     list_images,
 )
@@ -170,8 +173,14 @@ def stratified_split(labels: Tensor, val_size: int | float, seed: int = 0) -> tu
     return mask.nonzero().squeeze(1), val_idx
 
 
-def _subset(ds: FolderImageDataset, name: str, idx: Tensor, transform: Any) -> FolderImageDataset:
-    """A new set over ``ds``'s samples ``idx`` with its own name and transform."""
+def _subset(
+    ds: FolderImageDataset, name: str, idx: Tensor, transform: Any, skip_log: SkipLog | None
+) -> FolderImageDataset:
+    """A new set over ``ds``'s samples ``idx`` with its own name, transform and skip log.
+
+    Each carved part records its undecodable images in its own log, so a skip is
+    reported against the set whose score it changed.
+    """
     samples = [(ds.samples[i].path, ds.samples[i].class_index) for i in idx.tolist()]
     return FolderImageDataset(
         name,
@@ -181,7 +190,7 @@ def _subset(ds: FolderImageDataset, name: str, idx: Tensor, transform: Any) -> F
         transform=transform,
         expected_count=None,
         skip_corrupt=ds.skip_corrupt,
-        skip_log=ds.skip_log,
+        skip_log=skip_log,
         samples=samples,
         num_classes=ds.num_classes,
         class_subset=ds.class_subset,
@@ -473,8 +482,8 @@ class ImageNetOODDataModule(_ImageDataModule):
             )
             full.check_count()
             tr_idx, va_idx = stratified_split(full.class_indices, self.val_size, self.split_seed)
-            train = _subset(full, "imagenet_train", tr_idx, self.train_tf)
-            val = _subset(full, "val", va_idx, self.eval_tf)
+            train = _subset(full, "imagenet_train", tr_idx, self.train_tf, full.skip_log)
+            val = _subset(full, "val", va_idx, self.eval_tf, self._skip_log("val"))
             self.train_set = self._maybe_cache(train) if self.cache_train else train
             self.val_set = self._maybe_cache(val)
             self._register(val)
@@ -543,6 +552,19 @@ def _folder_set(
         class_subset=subset,
         layout=f"{root}/<class name>/<images>",
     )
+
+
+def _warn_empty_classes(name: str, root: Path, classes: Sequence[str]) -> None:
+    """Warn, naming them, about class folders without a single image."""
+    empty = [c for c in classes if not has_images(root / c)]
+    if empty:
+        msg = (
+            f"{name}: class folder(s) {', '.join(repr(c) for c in empty)} under {root} hold "
+            f"no images; each is still a class (the head gets {len(classes)} outputs) but "
+            "nothing trains or tests it. Add images or remove the folder(s)."
+        )
+        _log.warning(msg)
+        warnings.warn(msg, DataLayoutWarning, stacklevel=3)
 
 
 class ImageFolderDataModule(_ImageDataModule):
@@ -629,6 +651,7 @@ class ImageFolderDataModule(_ImageDataModule):
         self.classes = list_class_folders(train_path)
         if not self.classes:
             raise DataLayoutError(f"{id_name}: no class folders under {self._dirs['train']}")
+        _warn_empty_classes(id_name, train_path, self.classes)
         self._class_names = self._names(class_names)
 
     @staticmethod
@@ -723,9 +746,9 @@ class ImageFolderDataModule(_ImageDataModule):
                 )
             else:
                 keep, held = stratified_split(labels[rest], size, self.split_seed)
-                parts[part] = _subset(full, name, rest[held], self.eval_tf)
+                parts[part] = _subset(full, name, rest[held], self.eval_tf, self._skip_log(name))
                 rest = rest[keep]
-        self.train_set = _subset(full, self.id_name + "_train", rest, self.train_tf)
+        self.train_set = _subset(full, self.id_name + "_train", rest, self.train_tf, full.skip_log)
         self.val_set = self._maybe_cache(parts["val"])
         self._register(parts["val"])
         sets = [parts["test"]] + [

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ __all__ = (
     "SkipLog",
     "TruncatedDatasetWarning",
     "collate_skipping",
+    "has_images",
     "list_class_folders",
     "list_images",
     "load_rgb",
@@ -86,6 +87,12 @@ def list_class_folders(root: Path) -> list[str]:
 def list_images(folder: Path) -> list[Path]:
     """Return every image file below ``folder``, recursively and in sorted order.
 
+    Symbolic links are followed, but each real directory is read once and each
+    real file listed once: a link back to an ancestor (``cat/loop -> .``) or two
+    links to the same folder add nothing, so no image is counted twice and no
+    copy of an image can land in two splits. The first path in sorted walk order
+    is the one listed.
+
     Args:
         folder: One class folder.
 
@@ -93,15 +100,61 @@ def list_images(folder: Path) -> list[Path]:
         Paths whose suffix is in :data:`IMAGE_EXTENSIONS` (case-insensitive).
     """
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        base = Path(dirpath)
-        found.extend(
-            base / f
-            for f in sorted(filenames)
-            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-        )
+    seen_files: set[tuple[int, int]] = set()
+    for base, filenames in _walk_each_directory_once(folder):
+        for name in filenames:
+            file_id = _identity(base / name)
+            if file_id is not None:  # a dangling link stays listed and fails loudly on load
+                if file_id in seen_files:
+                    continue
+                seen_files.add(file_id)
+            found.append(base / name)
     return found
+
+
+def has_images(folder: Path) -> bool:
+    """Whether ``folder`` holds at least one image file (stops at the first one).
+
+    Args:
+        folder: One class folder.
+
+    Returns:
+        ``True`` if :func:`list_images` would list something.
+    """
+    return any(names for _, names in _walk_each_directory_once(folder))
+
+
+def _walk_each_directory_once(folder: Path) -> Iterator[tuple[Path, list[str]]]:
+    """Walk ``folder`` following links, reading each real directory once.
+
+    Yields:
+        ``(directory, sorted image file names)`` in sorted walk order.
+    """
+    seen_dirs: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        here = _identity(dirpath)
+        if here is None or here in seen_dirs:
+            dirnames.clear()  # already read through another path
+            continue
+        seen_dirs.add(here)
+        dirnames.sort()
+        yield (
+            Path(dirpath),
+            sorted(
+                f
+                for f in filenames
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+            ),
+        )
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(device, inode)`` of what ``path`` resolves to, or ``None`` if it is a dangling link."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def load_rgb(path: Path) -> Image.Image:
