@@ -34,6 +34,7 @@ from cfmask.masking.base import Masker, Refiller
 from cfmask.metrics import OOD_AVG, EvalSet, SubsetAccuracy, describe_test_sets, ood_average
 from cfmask.objective import CounterfactualObjective, load_weights_into
 from cfmask.relevance.base import RelevanceMap
+from cfmask.validation import check_number
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -102,8 +103,9 @@ class CounterfactualFineTuner(pl.LightningModule):
             0), ``"onecycle"`` (the reference code's ``OneCycleLR``) or ``"constant"``.
         warmup_steps: Warm-up length of ``"warmup_cosine"`` (500).
         pct_start: Warm-up fraction of ``"onecycle"`` (0.02).
-        gradient_clip_norm: Global L2 norm clip (1.0); ``None`` disables. The
-            Trainer's ``gradient_clip_val``, when set, takes precedence.
+        gradient_clip_norm: Global L2 norm clip (1.0); ``None`` or ``0`` disables
+            (a negative value is an error). The Trainer's ``gradient_clip_val``,
+            when set, takes precedence.
         relevance_source: Model on which relevance is computed: ``"student"``
             (the current model, as the reference does) or ``"teacher"``.
         trainable: ``"all"`` parameters, or ``"head"`` only (linear probing, the
@@ -164,7 +166,15 @@ class CounterfactualFineTuner(pl.LightningModule):
     ) -> None:
         super().__init__()
         _validate_options(
-            lr, weight_decay, schedule, warmup_steps, pct_start, relevance_source, trainable
+            lr,
+            weight_decay,
+            betas,
+            schedule,
+            warmup_steps,
+            pct_start,
+            gradient_clip_norm,
+            relevance_source,
+            trainable,
         )
         self.save_hyperparameters(ignore=[*_COMPONENTS, "distillation"])
 
@@ -490,24 +500,29 @@ def _without_memory_options(config: Mapping[str, Any]) -> dict[str, Any]:
 def _validate_options(
     lr: float,
     weight_decay: float,
+    betas: Sequence[float],
     schedule: str,
     warmup_steps: int,
     pct_start: float,
+    gradient_clip_norm: float | None,
     relevance_source: str,
     trainable: str,
 ) -> None:
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    """Refuse non-numbers, ``nan``, infinities and out-of-range values by name."""
+    check_number("lr", lr, low=0, low_open=True)
+    check_number("weight_decay", weight_decay, low=0)
+    if isinstance(betas, str) or not isinstance(betas, Sequence) or len(betas) != 2:
+        raise TypeError(f"betas must be two numbers (beta1, beta2), got {betas!r}")
+    for i, beta in enumerate(betas):
+        check_number(f"betas[{i}]", beta, low=0, high=1, high_open=True)
     if schedule not in ("warmup_cosine", "onecycle", "constant"):
         raise ValueError(
             f"unknown schedule {schedule!r}; choose 'warmup_cosine', 'onecycle' or 'constant'"
         )
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if not 0.0 < pct_start < 1.0:
-        raise ValueError(f"pct_start must be in (0, 1), got {pct_start}")
+    check_number("warmup_steps", warmup_steps, low=0, integer=True)
+    check_number("pct_start", pct_start, low=0, high=1, low_open=True, high_open=True)
+    if gradient_clip_norm is not None:
+        check_number("gradient_clip_norm", gradient_clip_norm, low=0)
     if relevance_source not in ("student", "teacher"):
         raise ValueError(
             f"relevance_source must be 'student' or 'teacher', got {relevance_source!r}"

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cfmask.components import Component
+from cfmask.validation import check_number
 
 __all__ = (
     "DistillationLoss",
@@ -90,8 +91,7 @@ def logit_distillation(student: Tensor, teacher: Tensor, temperature: float) -> 
 
 
 def _check_common(weight: float, inputs: str) -> None:
-    if weight < 0:
-        raise ValueError(f"distillation weight must be >= 0, got {weight}")
+    check_number("distillation weight", weight, low=0)
     if inputs not in ("counterfactual", "clean"):
         raise ValueError(f"inputs must be 'counterfactual' or 'clean', got {inputs!r}")
 
@@ -190,8 +190,7 @@ class LogitDistillationLoss(DistillationLoss):
         inputs: DistillInputs = "clean",
         teacher: str | None = None,
     ) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_number("temperature", temperature, low=0, low_open=True)
         super().__init__(weight=weight, inputs=inputs, teacher=teacher)
         self.temperature = temperature
 

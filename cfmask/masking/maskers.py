@@ -8,6 +8,7 @@ References:
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import torch
@@ -185,6 +186,9 @@ class RandomMasker(Masker):
     Raises:
         ValueError: If ``ratio`` is outside ``[0, 1]``.
 
+    Warns:
+        UserWarning: If ``ratio`` is 0 or 1, where no counterfactual is made.
+
     Example:
         >>> import torch
         >>> _ = torch.manual_seed(0)
@@ -198,6 +202,19 @@ class RandomMasker(Masker):
     def __init__(self, ratio: float = 0.5, exact_count: bool = False) -> None:
         super().__init__()
         _check_unit_interval("ratio", ratio)
+        if ratio in (0, 1):
+            warnings.warn(
+                f"RandomMasker(ratio={ratio}) "
+                + (
+                    "masks no patch, so x_cf = x"
+                    if ratio == 0
+                    else "masks every patch, so x_cf is entirely the refill"
+                )
+                + ": there is no counterfactual to distil on. Use a ratio strictly between 0 "
+                "and 1 (the reference tunes 0.5 for the fill variants).",
+                UserWarning,
+                stacklevel=2,
+            )
         if not isinstance(exact_count, bool):
             raise TypeError(f"exact_count must be True or False, got {exact_count!r}")
         self.ratio = ratio
