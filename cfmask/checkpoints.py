@@ -20,31 +20,41 @@ A file that holds anything else is refused with :class:`UnsafeCheckpointError`.
 :class:`LastAndBestCheckpoint` is the checkpoint callback of ``cfmask fit``: its
 ``last.ckpt`` always holds the last completed step, and only files chosen on fresh
 validation results are named after ``filename`` (``best-…``).
+
+:func:`capture_rng_state` and :func:`restore_rng_state` carry the global random
+generators through a checkpoint, so that a resumed run draws the same masks and
+refill donors as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 __all__ = (
+    "RNG_KEY",
     "LastAndBestCheckpoint",
     "SafeCheckpointIO",
     "UnsafeCheckpointError",
+    "capture_rng_state",
     "install_safe_checkpoint_io",
     "refusing_unsafe_checkpoints",
     "require_weights_only",
+    "restore_rng_state",
+    "resume_training_loaders",
 )
 
 _PathLike = str | Path
@@ -287,3 +297,72 @@ class LastAndBestCheckpoint(ModelCheckpoint):
             return (trainer.current_epoch + 1) % every == 0
         # Step or time triggers set every_n_epochs to 0: compare on every validation run.
         return self._every_n_train_steps >= 1 or self._train_time_interval is not None
+
+
+RNG_KEY = "cfmask_rng_states"
+"""Key of the random-generator states in a fine-tuner checkpoint."""
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's global generators, as plain data.
+
+    Everything that draws at random during training (masking, refill donors,
+    augmentation in the main process, dropout) draws from these generators.
+
+    Returns:
+        ``{"python", "numpy", "torch", "cuda"}``; loads with ``weights_only=True``.
+    """
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [str(kind), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Set the global generators to a state from :func:`capture_rng_state`.
+
+    Args:
+        state: The captured states (CUDA states are restored when the same number
+            of devices is visible).
+    """
+    import numpy as np
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    cuda = list(state.get("cuda") or [])
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def resume_training_loaders(trainer: pl.Trainer) -> None:
+    """Put the training loaders back at the position stored in the checkpoint.
+
+    Lightning hands a stateful loader its saved state only when the training
+    loader is first built after the loops are restored. A ``configure_optimizers``
+    that asks for ``trainer.estimated_stepping_batches`` (as the fine-tuner's
+    schedules do) builds it earlier, so the state would never arrive and the
+    epoch would start over. Called from ``on_train_start``, this loads the
+    pending state into the loaders (including after a checkpoint at the end of
+    an epoch, where it moves them to the next epoch) and starts a new iterator
+    from there.
+
+    Args:
+        trainer: A Trainer that is starting ``fit`` from a checkpoint.
+    """
+    fit_loop = trainer.fit_loop
+    states = getattr(fit_loop, "_combined_loader_states_to_load", None)
+    combined = getattr(fit_loop, "_combined_loader", None)
+    fetcher = getattr(fit_loop, "_data_fetcher", None)
+    if not states or combined is None or fetcher is None:
+        return
+    combined._load_state_dicts(states)
+    fit_loop._combined_loader_states_to_load = []
+    iter(fetcher)  # a fresh iterator that starts at the restored position

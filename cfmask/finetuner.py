@@ -25,9 +25,13 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from cfmask.backbones.base import VisionBackbone
 from cfmask.checkpoints import (
+    RNG_KEY,
+    capture_rng_state,
     install_safe_checkpoint_io,
     refusing_unsafe_checkpoints,
     require_weights_only,
+    restore_rng_state,
+    resume_training_loaders,
 )
 from cfmask.losses import DistillationLoss
 from cfmask.masking.base import Masker, Refiller
@@ -199,6 +203,7 @@ class CounterfactualFineTuner(pl.LightningModule):
         self.distillation = objective.distillation
         self.teachers = objective.teachers
         self.__dict__["_objective"] = objective
+        self._rng_to_restore: dict[str, Any] | None = None
 
         # Store every component as {class_path, init_args}: the format LightningCLI
         # writes, so checkpoints rebuild them from plain data in both entry points.
@@ -299,8 +304,28 @@ class CounterfactualFineTuner(pl.LightningModule):
             )
         return model
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the global random-generator states (for an exact resume)."""
+        checkpoint[RNG_KEY] = capture_rng_state()
+
+    def on_train_start(self) -> None:
+        """When resuming a fit, continue the data order and random draws of the saved run.
+
+        Restored here, right before the first batch is fetched, and not when the
+        checkpoint is read: what runs in between (the sanity check, building the
+        loaders) would otherwise shift them. See
+        :func:`~cfmask.checkpoints.resume_training_loaders`.
+        """
+        pending, self._rng_to_restore = self._rng_to_restore, None
+        if self._trainer is None or not self.trainer.ckpt_path:
+            return
+        resume_training_loaders(self.trainer)
+        if pending is not None:
+            restore_rng_state(pending)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint that was trained with another backbone."""
+        """Refuse a checkpoint that was trained with another backbone; keep its RNG states."""
+        self._rng_to_restore = checkpoint.get(RNG_KEY)
         saved = checkpoint.get("hyper_parameters", {}).get("backbone")
         mine = self.hparams.get("backbone")
         if (

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from cfmask.data.resumable import ResumableDataLoader
 from cfmask.metrics import EvalSet
 
 __all__ = ("SyntheticDataModule", "make_synthetic_images")
@@ -107,25 +108,30 @@ class SyntheticDataModule(pl.LightningDataModule):
         return TensorDataset(x, y)
 
     def train_dataloader(self) -> DataLoader[tuple[Tensor, ...]]:
-        """Shuffled training batches of equal size."""
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
+        """Shuffled training batches of equal size (resumable inside an epoch)."""
+        return ResumableDataLoader(
             self._split(self.train_size, 0.05, 1),
             batch_size=self.batch_size,
             shuffle=True,
             drop_last=True,
-            generator=gen,
+            seed=self.seed,
         )
 
     def val_dataloader(self) -> DataLoader[tuple[Tensor, ...]]:
         """The held-out split."""
-        return DataLoader(self._split(self.val_size, 0.05, 2), batch_size=self.batch_size)
+        return DataLoader(
+            self._split(self.val_size, 0.05, 2),
+            batch_size=self.batch_size,
+            generator=torch.Generator().manual_seed(0),  # evaluation never draws global RNG
+        )
 
     def test_dataloader(self) -> list[DataLoader[tuple[Tensor, ...]]]:
         """One loader per name in :attr:`test_set_names`, noisier for each shift."""
         return [
             DataLoader(
-                self._split(self.test_size, 0.05 + 0.15 * i, 10 + i), batch_size=self.batch_size
+                self._split(self.test_size, 0.05 + 0.15 * i, 10 + i),
+                batch_size=self.batch_size,
+                generator=torch.Generator().manual_seed(0),
             )
             for i in range(len(self.test_set_names))
         ]

@@ -36,6 +36,7 @@ from cfmask.data.folder import (
 )
 from cfmask.data.imagenet import ImageNet, imagenet_class_names
 from cfmask.data.ood import ImageNetA, ImageNetR, ImageNetSketch, ImageNetV2, ObjectNet
+from cfmask.data.resumable import ResumableDataLoader
 from cfmask.data.transforms import eval_transform, train_transform
 from cfmask.metrics import EvalSet
 
@@ -199,6 +200,16 @@ def _subset(
     )
 
 
+def _eval_generator() -> torch.Generator:
+    """A private generator for an evaluation loader.
+
+    A ``DataLoader`` draws a seed for its workers each time it is iterated; from
+    this generator rather than torch's global one, so evaluating never shifts the
+    random numbers training draws (and a resumed run matches an uninterrupted one).
+    """
+    return torch.Generator().manual_seed(0)
+
+
 class _ImageDataModule(LightningDataModule):
     """Loader policy, caching and eval-set bookkeeping shared by both datamodules."""
 
@@ -287,15 +298,27 @@ class _ImageDataModule(LightningDataModule):
         pin = gpu if self.pin_memory is None else self.pin_memory
         persist = gpu if self.persistent_workers is None else self.persistent_workers
         persist = persist and self.num_workers > 0
+        if train:  # resumable in the middle of an epoch (cfmask.data.resumable)
+            return ResumableDataLoader(
+                ds,
+                batch_size=self.batch_size,
+                shuffle=True,
+                drop_last=True,
+                num_workers=self.num_workers,
+                pin_memory=pin,
+                persistent_workers=persist,
+                collate_fn=collate_skipping,
+            )
         return DataLoader(
             ds,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            drop_last=False,
             num_workers=self.num_workers,
             pin_memory=pin,
             persistent_workers=persist,
             collate_fn=collate_skipping,
+            generator=_eval_generator(),
         )
 
     # -- public API ---------------------------------------------------------------
@@ -315,7 +338,12 @@ class _ImageDataModule(LightningDataModule):
         return self._eval_sets.get("val")
 
     def train_dataloader(self) -> DataLoader[Any]:
-        """Shuffled training batches of ``batch_size`` (last incomplete batch dropped)."""
+        """Shuffled training batches of ``batch_size`` (last incomplete batch dropped).
+
+        The loader is a :class:`~cfmask.data.resumable.ResumableDataLoader`: the
+        order of each epoch is fixed by the run's seed and the epoch, and a run
+        resumed from a checkpoint saved inside an epoch continues with the next batch.
+        """
         if self.train_set is None:
             raise RuntimeError("call setup('fit') first")
         return self._loader(self.train_set, train=True)

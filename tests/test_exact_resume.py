@@ -1,0 +1,118 @@
+"""A run interrupted inside an epoch and resumed ends with bit-identical weights (CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from cfmask import CounterfactualFineTuner
+from cfmask.backbones import TimmViT
+from cfmask.checkpoints import LastAndBestCheckpoint
+from cfmask.masking import RandomMasker, SingleImageRefiller
+from cfmask.synthetic import SyntheticDataModule
+
+STEPS_PER_EPOCH = 3  # 12 training images in batches of 4
+
+
+class _FailAt(pl.Callback):
+    """Simulate a crash when step ``step`` is about to run."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"simulated crash before step {self.step}")
+
+
+def _synthetic() -> pl.LightningDataModule:
+    return SyntheticDataModule(
+        num_classes=3, image_size=32, batch_size=4, train_size=12, val_size=8, test_size=4
+    )
+
+
+def _fit(
+    root: Path,
+    fail_at: int | None = None,
+    ckpt_path: Path | None = None,
+    data_factory=_synthetic,
+    max_epochs: int = 3,
+):
+    pl.seed_everything(0)
+    backbone = TimmViT(
+        "vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8,
+        model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2, "drop_rate": 0.1},
+    )  # fmt: skip
+    model = CounterfactualFineTuner(
+        backbone, masker=RandomMasker(ratio=0.5), refiller=SingleImageRefiller(),
+        lr=1e-3, warmup_steps=2,
+    )  # fmt: skip
+    data = data_factory()
+    callbacks: list[pl.Callback] = [
+        LastAndBestCheckpoint(
+            dirpath=root, monitor="val/acc1", mode="max", save_last=True,
+            every_n_train_steps=1, filename="best-{epoch}-{step}",
+        )
+    ]  # fmt: skip
+    if fail_at is not None:
+        callbacks.append(_FailAt(fail_at))
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=max_epochs, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=callbacks, num_sanity_val_steps=1,
+        default_root_dir=root,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    return model, trainer
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
+    model, trainer = _fit(tmp_path_factory.mktemp("full"))
+    assert trainer.global_step == 3 * STEPS_PER_EPOCH
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("crash_step", [4, 3], ids=["inside-epoch", "epoch-boundary"])
+def test_resumed_run_matches_the_uninterrupted_one_bit_for_bit(uninterrupted, tmp_path, crash_step):
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(tmp_path, fail_at=crash_step)
+    last = tmp_path / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == crash_step
+    model, trainer = _fit(tmp_path, ckpt_path=last)
+    assert trainer.global_step == 3 * STEPS_PER_EPOCH
+    resumed = model.state_dict()
+    assert resumed.keys() == uninterrupted.keys()
+    different = [k for k, v in uninterrupted.items() if not torch.equal(v, resumed[k])]
+    assert different == []
+
+
+def test_folder_data_with_augmentation_resumes_bit_for_bit(tmp_path_factory):
+    from cfmask.data import ImageFolderDataModule
+
+    from .data._fake_trees import write_image
+
+    root = tmp_path_factory.mktemp("images")
+    for c, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        for i in range(8):
+            write_image(root / f"class{c}" / f"{i}.png", size=(40, 36), color=colour)
+
+    def folders() -> pl.LightningDataModule:
+        return ImageFolderDataModule(
+            root=str(root), val_size=3, test_size=3, batch_size=4, num_workers=0,
+            image_size=32, augment=True,
+        )  # fmt: skip
+
+    full, _ = _fit(tmp_path_factory.mktemp("full"), data_factory=folders, max_epochs=2)
+    crashed = tmp_path_factory.mktemp("crashed")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(crashed, fail_at=6, data_factory=folders, max_epochs=2)  # 4 steps per epoch
+    resumed, trainer = _fit(
+        crashed, ckpt_path=crashed / "last.ckpt", data_factory=folders, max_epochs=2
+    )
+    assert trainer.global_step == 8
+    expected = full.state_dict()
+    different = [k for k, v in resumed.state_dict().items() if not torch.equal(v, expected[k])]
+    assert different == []
