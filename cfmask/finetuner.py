@@ -411,7 +411,7 @@ class CounterfactualFineTuner(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         """Log ``test/<set>/acc1`` for each set and ``test/ood_avg/acc1``.
 
-        Also keeps the number of images scored per set in :attr:`test_counts` (the
+        Also keeps the number of images scored per set in ``test_counts`` (the
         results table's "Images" column).
         """
         self.test_counts = {

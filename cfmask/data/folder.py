@@ -97,7 +97,7 @@ def list_images(folder: Path) -> list[Path]:
         folder: One class folder.
 
     Returns:
-        Paths whose suffix is in :data:`IMAGE_EXTENSIONS` (case-insensitive).
+        Paths whose suffix is in ``IMAGE_EXTENSIONS`` (case-insensitive).
     """
     found: list[Path] = []
     seen_files: set[tuple[int, int]] = set()
