@@ -116,3 +116,64 @@ def test_folder_data_with_augmentation_resumes_bit_for_bit(tmp_path_factory):
     expected = full.state_dict()
     different = [k for k, v in resumed.state_dict().items() if not torch.equal(v, expected[k])]
     assert different == []
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "conf" / "tiny_fit.yaml")
+
+
+def _read_step(path: Path) -> int | None:
+    try:
+        return int(torch.load(path, weights_only=True, map_location="cpu")["global_step"])
+    except Exception:  # not written yet, or being replaced
+        return None
+
+
+@pytest.mark.slow
+def test_cli_fit_killed_inside_an_epoch_resumes_bit_for_bit(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cfmask.cli import main
+
+    args = [
+        "fit", "-c", TINY, "--trainer.max_steps=-1", "--trainer.max_epochs=3",
+        "--checkpoint.every_n_train_steps=1", "--data.init_args.train_size=16",
+    ]  # 4 steps per epoch, 12 in all  # fmt: skip
+    full = tmp_path / "full"
+    main([*args, f"--trainer.default_root_dir={full}"])
+    crashed = tmp_path / "crashed"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "helpers")]),
+        "OMP_NUM_THREADS": "1",  # the same kernels as this process (one thread)
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cfmask", *args, f"--trainer.default_root_dir={crashed}",
+         "--trainer.callbacks+=slow_steps.SlowSteps"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    last = crashed / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    killed_at = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        step = _read_step(last)
+        if step is not None and step > 4 and step % 4 != 0:  # inside the second epoch
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_at = step
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert killed_at is not None, "the run ended before it could be killed inside an epoch"
+    step = _read_step(last)
+    assert step is not None and step % 4 != 0
+    main([*args, f"--trainer.default_root_dir={crashed}", f"--ckpt_path={last}"])
+    expected = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == expected["global_step"] == 12
+    state, want = resumed["state_dict"], expected["state_dict"]
+    assert state.keys() == want.keys()
+    assert [k for k in want if not torch.equal(state[k], want[k])] == []
