@@ -25,7 +25,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-import torch
+from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
@@ -112,16 +112,16 @@ class CfmaskCLI(LightningCLI):
         an error, and so is any other difference when resuming ``fit`` (the optimiser
         and schedule state would not match); for ``validate``/``test``/``predict`` the
         configured value is kept and every differing key is listed in a warning.
-        The file is read with ``weights_only=True``.
+        The file (local, or a URL) is read with ``weights_only=True``.
         """
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return  # "best"/"last"/URLs: read later, through the module's safe CheckpointIO
+        if not ckpt_path or not (Path(ckpt_path).is_file() or "://" in str(ckpt_path)):
+            return  # "best"/"last"/"hpc": resolved (and read safely) by the Trainer later
         with refusing_unsafe_checkpoints(ckpt_path):
-            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+            ckpt = pl_load(str(ckpt_path), map_location="cpu", weights_only=True)
         hparams = dict(ckpt.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         if not hparams or "_class_path" in hparams:

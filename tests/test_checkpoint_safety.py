@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +15,8 @@ from cfmask.backbones import TimmViT
 from cfmask.checkpoints import SafeCheckpointIO, UnsafeCheckpointError
 from cfmask.cli import main
 from cfmask.synthetic import SyntheticDataModule
+
+from .helpers.loopback import serve_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "conf" / "tiny_fit.yaml")
@@ -44,20 +43,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     www.mkdir()
     marker = tmp_path / "PAYLOAD_RAN"
     _write_malicious_checkpoint(www / "evil.ckpt", marker)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(www))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/evil.ckpt", marker
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_directory(www) as base:
+        yield f"{base}/evil.ckpt", marker
 
 
 @pytest.fixture(autouse=True)

@@ -47,6 +47,31 @@ def test_explicit_flag_is_kept_and_the_difference_is_listed(trained, tmp_path, b
     assert built_models[0].masker.threshold == 0.9
 
 
+def test_remote_checkpoint_is_reconciled_too(trained, tmp_path, built_models, monkeypatch):
+    import shutil
+
+    from .helpers.loopback import serve_directory
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    www = tmp_path / "www"
+    www.mkdir()
+    shutil.copy(trained, www / "run.ckpt")
+    with (
+        serve_directory(www) as base,
+        pytest.warns(
+            UserWarning,
+            match=r"model\.masker\.init_args\.threshold: checkpoint 0\.3, configuration 0\.9",
+        ),
+    ):
+        main(
+            [
+                "test", "-c", TINY, f"--trainer.default_root_dir={tmp_path}",
+                "--model.masker.init_args.threshold=0.9", f"--ckpt_path={base}/run.ckpt",
+            ]
+        )  # fmt: skip
+    assert built_models[0].masker.threshold == 0.9
+
+
 def test_other_backbone_is_an_error(trained, tmp_path):
     with pytest.raises(
         CheckpointConfigConflict,
