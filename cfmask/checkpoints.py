@@ -191,7 +191,9 @@ class LastAndBestCheckpoint(ModelCheckpoint):
       and epoch, at every step trigger (``every_n_train_steps``,
       ``train_time_interval``) and when training ends;
     * a save on an exception (``save_on_exception=True``) goes to
-      ``interrupted-epoch=…-step=….ckpt``.
+      ``interrupted-epoch=…-step=….ckpt``;
+    * with ``save_last="link"``, ``last.ckpt`` links to a file of the same step
+      when there is one, and is a real file otherwise.
 
     Without a ``monitor`` it behaves exactly like ``ModelCheckpoint``.
     """
@@ -212,7 +214,21 @@ class LastAndBestCheckpoint(ModelCheckpoint):
     def _write_last(self, trainer: pl.Trainer) -> None:
         if not self.save_last or self._last_step_written == trainer.global_step:
             return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        metrics = self._monitor_candidates(trainer)
+        if self.save_last == "link" and self._last_global_step_saved != trainer.global_step:
+            # No file of this step to link to: write a real file, never through an
+            # old link (that would overwrite the best checkpoint it points to).
+            path = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST)
+            if trainer.is_global_zero and os.path.islink(path):
+                os.remove(path)
+            trainer.strategy.barrier()
+            self.save_last = True
+            try:
+                self._save_last_checkpoint(trainer, metrics)
+            finally:
+                self.save_last = "link"
+        else:
+            self._save_last_checkpoint(trainer, metrics)
         self._last_step_written = trainer.global_step
 
     def _step_triggered(self, trainer: pl.Trainer) -> bool:

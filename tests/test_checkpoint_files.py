@@ -88,3 +88,18 @@ def test_exception_checkpoint_is_named_interrupted(tmp_path, monkeypatch):
     names = sorted(p.name for p in tmp_path.rglob("*.ckpt"))
     assert "interrupted-epoch=1-step=3.ckpt" in names
     assert all(not n.startswith("best-") or n == "best-epoch=0-step=2.ckpt" for n in names)
+
+
+def test_linked_last_never_points_at_a_stale_best(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        CounterfactualFineTuner, "validation_step", _scripted_validation([0.9, 0.5, 0.1])
+    )
+    main(
+        [
+            "fit", "-c", TINY, f"--trainer.default_root_dir={tmp_path}", *THREE_EPOCHS,
+            "--checkpoint.save_last=link",
+        ]
+    )  # fmt: skip
+    files = {p.name: p for p in tmp_path.rglob("*.ckpt")}
+    assert _step(files["last.ckpt"]) == 6
+    assert _step(files["best-epoch=0-step=2.ckpt"]) == 2
