@@ -195,7 +195,8 @@ class LastAndBestCheckpoint(ModelCheckpoint):
     * with ``save_last="link"``, ``last.ckpt`` links to a file of the same step
       when there is one, and is a real file otherwise.
 
-    Without a ``monitor`` it behaves exactly like ``ModelCheckpoint``.
+    Without a ``monitor`` it behaves like ``ModelCheckpoint``, except that a
+    ``filename`` starting with ``best-`` loses that prefix (nothing is compared).
     """
 
     INTERRUPTED_NAME = "interrupted-{epoch}-{step}"
@@ -203,6 +204,10 @@ class LastAndBestCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last_step_written: int | None = None
+        if self.monitor is None and self.filename and self.filename.startswith("best-"):
+            # Without a monitor nothing is compared, so nothing may be called best.
+            self.filename = self.filename[len("best-") :]
+            rank_zero_info(f"no checkpoint monitor: top-k files are named {self.filename!r}")
 
     def _saving_allowed(self, trainer: pl.Trainer) -> bool:
         return (

@@ -103,3 +103,9 @@ def test_linked_last_never_points_at_a_stale_best(tmp_path, monkeypatch):
     files = {p.name: p for p in tmp_path.rglob("*.ckpt")}
     assert _step(files["last.ckpt"]) == 6
     assert _step(files["best-epoch=0-step=2.ckpt"]) == 2
+
+
+def test_without_a_monitor_nothing_is_named_best(tmp_path):
+    main(["fit", "-c", TINY, f"--trainer.default_root_dir={tmp_path}", "--checkpoint.monitor=null"])
+    names = sorted(p.name for p in tmp_path.rglob("*.ckpt"))
+    assert names == ["epoch=0-step=2.ckpt", "last.ckpt"]
