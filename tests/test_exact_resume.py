@@ -40,6 +40,7 @@ def _fit(
     ckpt_path: Path | None = None,
     data_factory=_synthetic,
     max_epochs: int = 3,
+    every_n_train_steps: int | None = 1,
 ):
     pl.seed_everything(0)
     backbone = TimmViT(
@@ -54,7 +55,7 @@ def _fit(
     callbacks: list[pl.Callback] = [
         LastAndBestCheckpoint(
             dirpath=root, monitor="val/acc1", mode="max", save_last=True,
-            every_n_train_steps=1, filename="best-{epoch}-{step}",
+            every_n_train_steps=every_n_train_steps, filename="best-{epoch}-{step}",
         )
     ]  # fmt: skip
     if fail_at is not None:
@@ -75,13 +76,21 @@ def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("crash_step", [4, 3], ids=["inside-epoch", "epoch-boundary"])
-def test_resumed_run_matches_the_uninterrupted_one_bit_for_bit(uninterrupted, tmp_path, crash_step):
+@pytest.mark.parametrize(
+    ("crash_step", "every_n_train_steps"),
+    [(4, 1), (3, 1), (4, None)],
+    ids=["inside-epoch", "epoch-boundary", "after-validation"],
+)
+def test_resumed_run_matches_the_uninterrupted_one_bit_for_bit(
+    uninterrupted, tmp_path, crash_step, every_n_train_steps
+):
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit(tmp_path, fail_at=crash_step)
+        _fit(tmp_path, fail_at=crash_step, every_n_train_steps=every_n_train_steps)
     last = tmp_path / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == crash_step
-    model, trainer = _fit(tmp_path, ckpt_path=last)
+    saved_at = torch.load(last, weights_only=True)["global_step"]
+    # With a save every step, last.ckpt holds the crash step; otherwise the epoch end.
+    assert saved_at == (crash_step if every_n_train_steps else STEPS_PER_EPOCH)
+    model, trainer = _fit(tmp_path, ckpt_path=last, every_n_train_steps=every_n_train_steps)
     assert trainer.global_step == 3 * STEPS_PER_EPOCH
     resumed = model.state_dict()
     assert resumed.keys() == uninterrupted.keys()
