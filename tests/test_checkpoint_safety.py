@@ -166,3 +166,14 @@ def test_safe_io_still_reads_our_own_checkpoints(tmp_path):
     restored = CounterfactualFineTuner.load_from_checkpoint(path)
     for key, value in model.student.state_dict().items():
         assert torch.equal(restored.student.state_dict()[key], value)
+
+
+def test_malicious_open_clip_weights_file_runs_nothing(tmp_path, clip_args):
+    from cfmask.backbones import OpenCLIPViT
+
+    marker = tmp_path / "PAYLOAD_RAN"
+    evil = tmp_path / "evil.pt"
+    _write_malicious_checkpoint(evil, marker)
+    with pytest.raises(Exception, match=r"(?i)weights.only"):
+        OpenCLIPViT(**clip_args, pretrained=str(evil))
+    assert not marker.exists()
