@@ -301,7 +301,7 @@ def _init_defaults(cls: Any) -> dict[str, Any]:
 
 
 def _wise(argv: Sequence[str]) -> int:
-    from cfmask.ensembles import wise_checkpoints
+    from cfmask.ensembles import check_alphas, wise_checkpoints
 
     parser = argparse.ArgumentParser(
         prog="cfmask wise",
@@ -322,9 +322,16 @@ def _wise(argv: Sequence[str]) -> int:
         help="zero-shot weights (theta_0); default: the initial teacher stored in the "
         "checkpoint, else the pre-trained model rebuilt from its config",
     )
-    parser.add_argument("--output-dir", default="wise", help="folder for the new checkpoints")
+    parser.add_argument(
+        "--output", "--output-dir", default="wise", help="folder for the new checkpoints"
+    )
     ns = parser.parse_args(list(argv))
-    for path in wise_checkpoints(ns.checkpoint, ns.alpha, ns.output_dir, ns.zeroshot):
+    try:
+        check_alphas(ns.alpha)
+        paths = wise_checkpoints(ns.checkpoint, ns.alpha, ns.output, ns.zeroshot)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    for path in paths:
         print(path)
     return 0
 
@@ -338,7 +345,10 @@ def _soup(argv: Sequence[str]) -> int:
     parser.add_argument("checkpoints", nargs="+", help="two or more cfmask .ckpt files")
     parser.add_argument("--output", default="soup.ckpt", help="path of the soup checkpoint")
     ns = parser.parse_args(list(argv))
-    print(soup_checkpoint(ns.checkpoints, ns.output))
+    try:
+        print(soup_checkpoint(ns.checkpoints, ns.output))
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
     return 0
 
 
