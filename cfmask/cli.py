@@ -10,17 +10,20 @@
 * ``cfmask soup CKPT CKPT ...`` — uniform model soup.
 * ``cfmask demo`` — the offline benchmark.
 * ``cfmask data check`` — validate a dataset layout.
+
+All of them are sub-commands of one parser (:mod:`cfmask.commands` defines the
+ones outside LightningCLI): ``cfmask -h`` lists them, ``cfmask --version``
+prints the version, and a misspelt command gets the closest names.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import logging
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,14 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from cfmask.checkpoints import LastAndBestCheckpoint, refusing_unsafe_checkpoints
+from cfmask.commands import (
+    COMMANDS,
+    LIGHTNING_COMMANDS,
+    add_commands,
+    command_names,
+    run_command,
+    suggest,
+)
 from cfmask.finetuner import CounterfactualFineTuner, _without_memory_options
 
 __all__ = (
@@ -156,6 +167,10 @@ class CfmaskCLI(LightningCLI):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand in ("test", "validate"):
             parser.set_defaults({"verbose": False})
+        if subcommand == "predict":
+            from cfmask.prediction import PredictionWriter
+
+            parser.add_lightning_class_args(PredictionWriter, "predictions")
         return parser
 
 
@@ -300,83 +315,11 @@ def _init_defaults(cls: Any) -> dict[str, Any]:
     }
 
 
-def _wise(argv: Sequence[str]) -> int:
-    from cfmask.ensembles import check_alphas, wise_checkpoints
-
-    parser = argparse.ArgumentParser(
-        prog="cfmask wise",
-        description="Interpolate all weights (head included) between the zero-shot and "
-        "a fine-tuned model: (1 - alpha) * theta_0 + alpha * theta_1 (WiSE-FT).",
-    )
-    parser.add_argument("checkpoint", help="fine-tuned cfmask .ckpt (theta_1)")
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        nargs="+",
-        default=[0.5],
-        help="one or more mixing coefficients in [0, 1] (default 0.5)",
-    )
-    parser.add_argument(
-        "--zeroshot",
-        default=None,
-        help="zero-shot weights (theta_0); default: the initial teacher stored in the "
-        "checkpoint, else the pre-trained model rebuilt from its config",
-    )
-    parser.add_argument(
-        "--output", "--output-dir", default="wise", help="folder for the new checkpoints"
-    )
-    ns = parser.parse_args(list(argv))
-    try:
-        check_alphas(ns.alpha)
-        paths = wise_checkpoints(ns.checkpoint, ns.alpha, ns.output, ns.zeroshot)
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
-    for path in paths:
-        print(path)
-    return 0
-
-
-def _soup(argv: Sequence[str]) -> int:
-    from cfmask.ensembles import soup_checkpoint
-
-    parser = argparse.ArgumentParser(
-        prog="cfmask soup", description="Uniform average of fine-tuned checkpoints (model soup)."
-    )
-    parser.add_argument("checkpoints", nargs="+", help="two or more cfmask .ckpt files")
-    parser.add_argument("--output", default="soup.ckpt", help="path of the soup checkpoint")
-    ns = parser.parse_args(list(argv))
-    try:
-        print(soup_checkpoint(ns.checkpoints, ns.output))
-    except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
-    return 0
-
-
-def _demo(argv: Sequence[str]) -> int:
-    from cfmask.demo import main as demo_main
-
-    return demo_main(list(argv))
-
-
-def _data(argv: Sequence[str]) -> int:
-    from cfmask.data.cli import data_command
-
-    return data_command(list(argv))
-
-
 _DESCRIPTION = (
-    "Robust fine-tuning with counterfactual masked images. Training and evaluation: "
-    "cfmask fit | validate | test | predict. Other commands (each with --help): "
-    "cfmask wise (WiSE-FT interpolation), cfmask soup (uniform model soup), "
-    "cfmask demo (the offline benchmark), cfmask data check (dataset layouts)."
+    "Robust fine-tuning with counterfactual masked images. Every command takes -h; "
+    "fit | validate | test | predict and the other commands that take options also "
+    "take -c CONFIG.yaml and --print_config."
 )
-
-_EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "wise": _wise,
-    "soup": _soup,
-    "demo": _demo,
-    "data": _data,
-}
 
 
 def main(args: ArgsType = None) -> int:
@@ -389,14 +332,22 @@ def main(args: ArgsType = None) -> int:
         The process exit status.
     """
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in _EXTRA_COMMANDS:
-        return _EXTRA_COMMANDS[argv[0]](argv[1:])
+    if argv and argv[0] == "--version":
+        print(f"cfmask {_version()}")
+        return 0
+    if argv and not argv[0].startswith("-"):
+        if argv[0] in COMMANDS:
+            return run_command(argv[0], argv[1:])
+        if argv[0] not in LIGHTNING_COMMANDS:
+            print(f"usage: cfmask [-h] [--version] {{{','.join(command_names())}}} ...")
+            print(f"cfmask: error: {suggest(argv[0])}", file=sys.stderr)
+            return 2
     load_plugins()
     # torch 2.14 deprecates an API Lightning 2.6 uses on every fit; nothing a user can act on.
     warnings.filterwarnings(
         "ignore", category=FutureWarning, module="lightning.pytorch.utilities._pytree"
     )
-    CfmaskCLI(
+    _CommandLine(
         CounterfactualFineTuner,
         LightningDataModule,
         subclass_mode_data=True,
@@ -409,6 +360,21 @@ def main(args: ArgsType = None) -> int:
         trainer_defaults={"callbacks": [_results_report()]},
     )
     return 0
+
+
+class _CommandLine(CfmaskCLI):
+    """:class:`CfmaskCLI` whose top-level parser also lists cfmask's other commands."""
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        parser.add_argument("--version", action="version", version=f"cfmask {_version()}")
+        add_commands(parser._subcommands_action)
+
+
+def _version() -> str:
+    from cfmask import __version__
+
+    return __version__
 
 
 def _results_report() -> object:

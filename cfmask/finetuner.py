@@ -429,6 +429,31 @@ class CounterfactualFineTuner(pl.LightningModule):
             self.log(f"test/{name}/acc1", value, add_dataloader_idx=False)
         self.test_results = results
 
+    #: Classes ranked by :meth:`predict_step` (``cfmask predict --predictions.top_k``).
+    predict_top_k: int = 5
+
+    def predict_step(
+        self, batch: Sequence[Tensor] | Tensor | None, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor] | None:
+        """Class probabilities ``(B, K)`` and the top-k classes of a batch of images.
+
+        Args:
+            batch: ``images`` or ``(images, targets, ...)`` with ``(B, C, H, W)`` images.
+            batch_idx: Index of the batch.
+            dataloader_idx: Index of the loader.
+
+        Returns:
+            ``probs``, ``top_k_probs``, ``top_k_indices`` and, when the batch has
+            labels, ``targets`` (see :func:`cfmask.prediction.predict_outputs`);
+            ``None`` when every image of the batch was skipped as unreadable.
+        """
+        from cfmask.prediction import predict_outputs
+
+        if batch is None:
+            return None
+        images = batch if isinstance(batch, Tensor) else batch[0]
+        return predict_outputs(self.student(images), batch, self.predict_top_k)
+
     # --------------------------------------------------------------- optimiser
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimiser updates (all of the student, or only its head)."""

@@ -135,3 +135,7 @@ class SyntheticDataModule(pl.LightningDataModule):
             )
             for i in range(len(self.test_set_names))
         ]
+
+    def predict_dataloader(self) -> list[DataLoader[tuple[Tensor, ...]]]:
+        """Same loaders as :meth:`test_dataloader` (for ``cfmask predict``)."""
+        return self.test_dataloader()
