@@ -106,6 +106,28 @@ def _wise_parser() -> ArgumentParser:
     parser.add_argument(
         "--output", type=str, default="wise", help="folder for wise_alpha<alpha>.ckpt files"
     )
+    parser.add_argument(
+        "--data",
+        type=str | None,
+        default=None,
+        help="datamodule config (YAML with class_path/init_args, or a cfmask test config "
+        "with a data: section): test every alpha on it and write one results file",
+    )
+    parser.add_argument(
+        "--results",
+        type=str | None,
+        default=None,
+        help="results CSV of the evaluated sweep (default: <output>/wise_results.csv)",
+    )
+    parser.add_argument(
+        "--method", type=str, default="WiSE-FT", help="label of the sweep in results and plots"
+    )
+    parser.add_argument(
+        "--seed", type=int | None, default=None, help="seed of the fine-tuned run (error bars)"
+    )
+    parser.add_argument(
+        "--accelerator", type=str, default="auto", help="Lightning accelerator for the tests"
+    )
     return parser
 
 
@@ -114,11 +136,78 @@ def _run_wise(ns: Namespace, parser: ArgumentParser) -> int:
 
     try:
         check_alphas(ns.alpha)
-        paths = wise_checkpoints(ns.checkpoint, ns.alpha, ns.output, ns.zeroshot)
+        if ns.data is None:
+            for path in wise_checkpoints(ns.checkpoint, ns.alpha, ns.output, ns.zeroshot):
+                print(path)
+            return 0
+        from cfmask.sweeps import wise_sweep
+
+        results, rows = wise_sweep(
+            ns.checkpoint,
+            ns.alpha,
+            ns.output,
+            ns.data,
+            zeroshot=ns.zeroshot,
+            results=ns.results,
+            method=ns.method,
+            seed=ns.seed,
+            accelerator=ns.accelerator,
+        )
     except (ValueError, FileNotFoundError) as err:
         return _fail(parser, err)
-    for path in paths:
-        print(path)
+    _print_sweep(rows)
+    print(f"results written to {results}")
+    return 0
+
+
+def _print_sweep(rows: Sequence[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    sets = list(rows[0].accuracies) if rows else []
+    table = Table(title="WiSE-FT sweep: top-1 accuracy (%)")
+    for col in ("alpha", *sets, "OOD avg"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            f"{r.alpha:g}",
+            *(f"{100 * r.accuracies[s]:.2f}" for s in sets),
+            f"{100 * r.ood_avg:.2f}",
+        )
+    Console().print(table)
+
+
+# ---------------------------------------------------------------------- plot
+def _plot_parser() -> ArgumentParser:
+    parser = _parser(
+        "plot",
+        "Draw ID vs OOD-average accuracy for any set of results files: sweep files of "
+        "cfmask wise --data (curves; several seeds give error bars) and results.json "
+        "files of cfmask test (points).",
+    )
+    parser.add_argument("results", type=str, nargs="+", help="results files (.csv / .json)")
+    parser.add_argument(
+        "--output", type=str, default="tradeoff.png", help="image file (.png, .pdf, .svg)"
+    )
+    parser.add_argument(
+        "--labels",
+        type=str,
+        nargs="+",
+        default=None,
+        help="one method label per results file (default: the sweep's method, or the "
+        "folder name of a results.json)",
+    )
+    parser.add_argument("--title", type=str, default="ID vs OOD average", help="figure title")
+    return parser
+
+
+def _run_plot(ns: Namespace, parser: ArgumentParser) -> int:
+    from cfmask.sweeps import plot_results
+
+    try:
+        print(plot_results(ns.results, ns.output, ns.labels, ns.title))
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        return _fail(parser, err)
     return 0
 
 
@@ -261,6 +350,12 @@ COMMANDS: dict[str, Command] = {
             "Fine-tuned weights for open_clip or timm (safetensors)",
             _export_parser,
             _run_export,
+        ),
+        Command(
+            "plot",
+            "ID vs OOD-average figure of sweep and test results files",
+            _plot_parser,
+            _run_plot,
         ),
         Command("demo", "The offline Shifted Fashion-MNIST benchmark", _demo_parser, _run_demo),
         Command("data", "Dataset tools: cfmask data check", _data_parser, raw=_run_data),

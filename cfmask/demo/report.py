@@ -189,48 +189,15 @@ def plot_tradeoff(
         left_keys: Methods of the left panel (masking and refilling strategies).
         right_keys: Methods of the right panel (WiSE integrations and baselines).
     """
-    import matplotlib
+    from cfmask.plotting import draw_tradeoff, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-    markers = "osD^v<>pPX*hH"
     for ax, keys, title in (
         (axes[0], left_keys, "Masking and refilling strategies (cf. Fig. 5)"),
         (axes[1], right_keys, "Integration with WiSE-FT (cf. Fig. 6)"),
     ):
-        for name, curve in curves.items():
-            xs = [c["id"] for c in curve]
-            ys = [c["ood_avg"] for c in curve]
-            ax.plot(xs, ys, "-", marker=".", alpha=0.8, label=name)
-            for c in curve:
-                if c["alpha"] in (0.5,):
-                    ax.annotate(
-                        f"{ALPHA}={c['alpha']:g}",
-                        (c["id"], c["ood_avg"]),
-                        fontsize=7,
-                        xytext=(3, -9),
-                        textcoords="offset points",
-                    )
-        for i, key in enumerate(keys):
-            if key not in points:
-                continue
-            r = points[key]
-            ax.errorbar(
-                r["id"]["mean"],
-                r["ood_avg"]["mean"],
-                xerr=r["id"]["std"],
-                yerr=r["ood_avg"]["std"],
-                fmt=markers[i % len(markers)],
-                capsize=2,
-                label=labels.get(key, key),
-            )
-        ax.set_xlabel("ID test accuracy (%)")
-        ax.set_ylabel("OOD average accuracy (%)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        draw_tradeoff(ax, curves, points, labels, keys, title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
