@@ -19,7 +19,7 @@ from cfmask.synthetic import SyntheticDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "conf" / "tiny_fit.yaml")
-ALL = ["fit", "validate", "test", "predict", "wise", "soup", "export", "demo", "data"]
+ALL = ["fit", "validate", "test", "predict", "wise", "soup", "export", "plot", "demo", "data"]
 
 
 def test_help_lists_every_command(capsys):
@@ -63,12 +63,13 @@ def test_unrelated_word_lists_the_commands(capsys):
     assert "wise, soup, export" in err
 
 
-@pytest.mark.parametrize("name", ["wise", "soup", "export", "demo"])
+@pytest.mark.parametrize("name", ["wise", "soup", "export", "plot", "demo"])
 def test_commands_with_options_print_and_read_configs(name, tmp_path, capsys):
     positional = {
         "wise": ["x.ckpt"],
         "soup": ["a.ckpt", "b.ckpt"],
         "export": ["x.ckpt", "--to", "timm"],
+        "plot": ["a.csv", "b.json"],
     }
     with pytest.raises(SystemExit) as info:
         main([name, *positional.get(name, []), "--output", str(tmp_path / "o"), "--print_config"])
