@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from cfmask.losses import DistillationLoss, FeatureDistillationLoss, LogitDistillationLoss
     from cfmask.objective import CounterfactualObjective, ObjectiveResult
 
+#: The version number: its single source (pyproject.toml reads it from here).
 __version__ = "0.1.0"
 
 __all__ = (

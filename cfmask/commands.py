@@ -301,7 +301,18 @@ def _demo_parser() -> ArgumentParser:
 
 
 def _run_demo(ns: Namespace, parser: ArgumentParser) -> int:
+    import importlib.util
+
     from cfmask.demo import main as demo_main
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return _fail(
+            parser,
+            ImportError(
+                "cfmask demo draws figures with matplotlib, which is not installed: "
+                "pip install 'cfmask[demo]' (scripts/setup-env.sh installs it)"
+            ),
+        )
 
     argv: list[str] = []
     for action in _demo_argparse()._actions:

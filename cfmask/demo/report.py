@@ -219,11 +219,11 @@ def plot_examples(path: Path, bench: Any, runner: Any, profile: Any, n: int = 6)
         profile: The :class:`~cfmask.demo.runner.Profile`.
         n: Number of rows (one image of each of the first ``n`` classes).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
+
+    from cfmask.plotting import pyplot
+
+    plt = pyplot()
 
     from cfmask.demo.data import CLASS_NAMES
     from cfmask.functional.patches import patch_mask_to_pixels
