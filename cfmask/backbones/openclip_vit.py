@@ -267,65 +267,79 @@ class OpenCLIPViT(VisionBackbone):
     def attention_probes(self) -> Iterator[list[Tensor]]:
         """Record each block's ``(B, heads, T, T)`` post-softmax attention, in the graph.
 
-        Replaces, per instance, every ``ResidualAttentionBlock.attention`` by an explicit
-        softmax attention with the block's own ``in_proj``/``out_proj`` weights, which
-        appends the probabilities (before dropout). Gradient checkpointing is switched
-        off meanwhile (a recomputed block would record again during the backward pass).
+        Replaces, per instance, each block's attention by an explicit softmax attention
+        with the block's own weights, which appends the probabilities (before dropout).
+        Two kinds of block are supported: open_clip's ``ResidualAttentionBlock`` with an
+        ``nn.MultiheadAttention`` (its ``attention`` method is replaced; open_clip 3.x),
+        and blocks whose ``attn`` is open_clip's own ``Attention`` module (its
+        ``forward`` is replaced): the custom blocks of open_clip 3.x and every block of
+        open_clip's main branch, which no longer uses ``nn.MultiheadAttention``. The
+        latter's options (QK norm, scaled-cosine attention, head scaling, inner norm)
+        are computed as open_clip does. Gradient checkpointing is switched off
+        meanwhile (a recomputed block would record again during the backward pass).
         The original methods and flags are restored on exit, also on exceptions.
 
         Yields:
             The list receiving one tensor per block and forward pass, in forward order.
 
         Raises:
-            AttentionCaptureError: If a block is not a standard open_clip
-                ``ResidualAttentionBlock`` with ``nn.MultiheadAttention``, or if probes are
-                already active.
+            AttentionCaptureError: If a block has neither kind of attention, or if probes
+                are already active.
         """
         if self._probing:
             raise AttentionCaptureError(
-                "attention_probes() is already active on this backbone; nested probing "
+                "attention probes are already active on this backbone; nested probing "
                 "is not supported."
             )
-        blocks = list(getattr(self.visual.transformer, "resblocks", []))
-        for i, blk in enumerate(blocks):
-            attn = getattr(blk, "attn", None)
-            if not (
-                isinstance(attn, nn.MultiheadAttention)
-                and attn._qkv_same_embed_dim
-                and attn.in_proj_weight is not None
-                and callable(getattr(blk, "attention", None))
-            ):
-                raise AttentionCaptureError(
-                    f"cannot capture attention of {self.model_name!r}: block {i} "
-                    f"({type(blk).__name__}) is not an open_clip ResidualAttentionBlock with "
-                    f"a packed-projection nn.MultiheadAttention (block_type='custom' and "
-                    f"timm image towers are not supported)."
-                )
-        if not blocks:
-            raise AttentionCaptureError(
-                f"cannot capture attention of {self.model_name!r}: no transformer.resblocks"
-            )
         probes: list[Tensor] = []
-        saved = [blk.__dict__.get("attention") for blk in blocks]
+        patches = self._attention_patches(probes)
+        saved = [owner.__dict__.get(name) for owner, name, _ in patches]
         transformer = self.visual.transformer
         checkpointing = bool(getattr(transformer, "grad_checkpointing", False))
         self._probing = True
         try:
             transformer.grad_checkpointing = False
-            for blk in blocks:
-                blk.attention = types.MethodType(_explicit_attention(probes), blk)
+            for owner, name, method in patches:
+                setattr(owner, name, method)
             yield probes
         finally:
-            for blk, original in zip(blocks, saved, strict=True):
+            for (owner, name, _), original in zip(patches, saved, strict=True):
                 if original is None:
-                    blk.__dict__.pop("attention", None)
+                    owner.__dict__.pop(name, None)
                 else:
-                    blk.attention = original
+                    setattr(owner, name, original)
             transformer.grad_checkpointing = checkpointing
             self._probing = False
 
+    def _attention_patches(
+        self, probes: list[Tensor] | None
+    ) -> list[tuple[nn.Module, str, Callable[..., Tensor]]]:
+        """``(module, attribute, replacement)`` for every block; raises if one is unsupported."""
+        blocks = list(getattr(self.visual.transformer, "resblocks", []))
+        if not blocks:
+            raise AttentionCaptureError(
+                f"cannot capture attention of {self.model_name!r}: no transformer.resblocks"
+            )
+        patches: list[tuple[nn.Module, str, Callable[..., Tensor]]] = []
+        for i, blk in enumerate(blocks):
+            kind = _attention_kind(blk)
+            if kind == "mha":
+                method = types.MethodType(_explicit_attention(probes), blk)
+                patches.append((blk, "attention", method))
+            elif kind == "attention":
+                method = types.MethodType(_explicit_openclip_attention(probes), blk.attn)
+                patches.append((blk.attn, "forward", method))
+            else:
+                raise AttentionCaptureError(
+                    f"cannot capture attention of {self.model_name!r}: block {i} "
+                    f"({type(blk).__name__}) has neither a packed-projection "
+                    f"nn.MultiheadAttention with an `attention` method nor open_clip's "
+                    f"`Attention` module (timm image towers are not supported)."
+                )
+        return patches
+
     def set_fused_attention(self, enabled: bool) -> None:
-        """Use PyTorch's fused attention (``True``, the default) or explicit softmax attention.
+        """Use open_clip's own (fused) attention (``True``, the default) or explicit softmax.
 
         ``False`` replaces every block's attention by the same explicit computation as
         :meth:`attention_probes` without recording anything: the reference
@@ -333,23 +347,19 @@ class OpenCLIPViT(VisionBackbone):
         Outputs agree up to floating-point rounding.
 
         Args:
-            enabled: ``True`` restores open_clip's ``nn.MultiheadAttention`` path.
+            enabled: ``True`` restores open_clip's attention path.
 
         Raises:
-            AttentionCaptureError: If probes are active, or a block is not a standard
-                open_clip ``ResidualAttentionBlock``.
+            AttentionCaptureError: If probes are active, or a block's attention is of
+                neither supported kind (see :meth:`attention_probes`).
         """
         if self._probing:
             raise AttentionCaptureError("cannot switch attention while probes are active")
-        for blk in self.visual.transformer.resblocks:
-            if not isinstance(getattr(blk, "attn", None), nn.MultiheadAttention):
-                raise AttentionCaptureError(
-                    f"{type(blk).__name__} of {self.model_name!r} has no nn.MultiheadAttention"
-                )
+        for owner, name, method in self._attention_patches(None):
             if enabled:
-                blk.__dict__.pop("attention", None)
+                owner.__dict__.pop(name, None)
             else:
-                blk.attention = types.MethodType(_explicit_attention(None), blk)
+                setattr(owner, name, method)
 
     # -------------------------------------------------------------- text head
     def _class_embeddings(
@@ -432,6 +442,91 @@ def _explicit_attention(
         return out if mha.batch_first else out.transpose(0, 1)
 
     return attention
+
+
+def _attention_kind(blk: nn.Module) -> str | None:
+    """``"mha"``, ``"attention"`` (open_clip's own module) or ``None`` (unsupported)."""
+    attn = getattr(blk, "attn", None)
+    if isinstance(attn, nn.MultiheadAttention):
+        packed = attn._qkv_same_embed_dim and attn.in_proj_weight is not None
+        return "mha" if packed and callable(getattr(blk, "attention", None)) else None
+    if (
+        isinstance(attn, nn.Module)
+        and hasattr(attn, "in_proj_weight")
+        and isinstance(getattr(attn, "num_heads", None), int)
+        and isinstance(getattr(attn, "out_proj", None), nn.Linear)
+    ):
+        return "attention"
+    return None
+
+
+def _optional(module: nn.Module, name: str, x: Tensor) -> Tensor:
+    """Apply ``module.<name>`` when it exists (open_clip's optional norms and dropouts)."""
+    layer = getattr(module, name, None)
+    return layer(x) if layer is not None else x
+
+
+def _explicit_openclip_attention(probes: list[Tensor] | None) -> Callable[..., Tensor]:
+    """Build a replacement for ``open_clip.transformer.Attention.forward`` with explicit softmax.
+
+    Follows open_clip's batch-first ``Attention``: packed (or separate) q/k/v
+    projections, optional QK layer norms, scaled-cosine logits with a clamped
+    per-head scale, an additive ``(B * heads, T, T)`` or ``(B, heads, T, T)`` mask,
+    attention dropout, per-head output scaling, inner norm, output projection and
+    dropout. The probabilities are appended to ``probes`` unless it is ``None``.
+    """
+
+    def forward(
+        module: nn.Module,
+        x: Tensor,
+        k_x: Tensor | None = None,
+        v_x: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        attn: Any = module
+        if (k_x is not None and k_x is not x) or (v_x is not None and v_x is not x):
+            raise AttentionCaptureError("attention probes support self-attention blocks only")
+        b, t, d = x.shape
+        h = int(attn.num_heads)
+        hd = d // h
+        weight: Any = attn.in_proj_weight
+        bias: Any = attn.in_proj_bias
+        if weight is not None:
+            q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
+        else:
+            bq, bk, bv = bias.chunk(3) if bias is not None else (None, None, None)
+            q = F.linear(x, attn.q_proj_weight, bq)
+            k = F.linear(x, attn.k_proj_weight, bk)
+            v = F.linear(x, attn.v_proj_weight, bv)
+        q, k, v = (z.reshape(b, t, h, hd).transpose(1, 2) for z in (q, k, v))
+        logit_scale: Any = getattr(attn, "logit_scale", None)
+        if logit_scale is not None:
+            scores = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+            scores = scores * torch.clamp(logit_scale, max=attn.logit_scale_max).exp()
+        else:
+            q, k = _optional(attn, "ln_q", q), _optional(attn, "ln_k", k)
+            scale = float(getattr(attn, "scale", hd**-0.5))
+            scores = (q * scale) @ k.transpose(-2, -1)
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                raise AttentionCaptureError(
+                    "attention probes take additive float masks; open_clip versions disagree "
+                    "on what True means in a boolean mask"
+                )
+            mask = attn_mask.to(scores.dtype)
+            scores = scores + (mask.view(b, h, t, t) if mask.ndim == 3 else mask)
+        probs = scores.softmax(dim=-1)
+        if probes is not None:
+            probes.append(probs)
+        out = _optional(attn, "attn_drop", probs) @ v
+        head_scale: Any = getattr(attn, "head_scale", None)
+        if head_scale is not None:
+            out = out * head_scale
+        out = _optional(attn, "ln_inner", out.transpose(1, 2).reshape(b, t, d))
+        out = attn.out_proj(out)
+        return _optional(attn, "out_drop", out)
+
+    return forward
 
 
 def _config_quick_gelu(model_name: str, model_cfg: dict[str, Any] | None) -> bool:
