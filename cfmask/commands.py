@@ -267,8 +267,9 @@ def _run_export(ns: Namespace, parser: ArgumentParser) -> int:
     except (ValueError, FileNotFoundError) as err:
         return _fail(parser, err)
     print(result.weights)
-    if result.head is not None:
-        print(result.head)
+    for extra in (result.head, result.config):
+        if extra is not None:
+            print(extra)
     print(f"load with: {result.load_snippet}")
     return 0
 

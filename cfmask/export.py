@@ -23,6 +23,7 @@ Files are written with safetensors by default (no pickle); ``fmt="pt"`` writes a
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,12 +65,16 @@ class ExportResult:
         head: The classification-head file (open_clip only), else ``None``.
         load_snippet: Python code that loads ``weights`` with the target library.
         metadata: The string metadata stored in the file(s).
+        config: For a run with a custom open_clip ``model_cfg``: the model config
+            written next to the weights (named like them, ``.json``), which
+            ``open_clip.add_model_config`` registers under the weights' file stem.
     """
 
     weights: Path
     head: Path | None = None
     load_snippet: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    config: Path | None = None
 
 
 def save_weights(
@@ -133,7 +138,7 @@ def timm_state_dict(student: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def open_clip_state_dict(
     student: Mapping[str, Tensor], init_args: Mapping[str, Any]
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+) -> tuple[dict[str, Tensor], dict[str, Tensor], bool]:
     """A full CLIP state dict with the fine-tuned image tower, and the head.
 
     The CLIP model is rebuilt from the run's backbone arguments (``model_name``,
@@ -145,7 +150,10 @@ def open_clip_state_dict(
         init_args: The backbone's constructor arguments from the checkpoint.
 
     Returns:
-        ``(clip_state, head_state)``; ``head_state`` has ``weight`` ``(K, D)`` and ``bias``.
+        ``(clip_state, head_state, quick_gelu_forced)``; ``head_state`` has ``weight``
+        ``(K, D)`` and ``bias``; the flag says that the run forced QuickGELU on (OpenAI
+        weights under a model name without ``-quickgelu``), so loading needs
+        ``force_quick_gelu=True``.
     """
     from cfmask.backbones.openclip_vit import _build_clip, _force_quick_gelu
 
@@ -167,7 +175,7 @@ def open_clip_state_dict(
             "the checkpoint's model has no 'visual.*'/'head.weight' weights; is it an OpenCLIPViT?"
         )
     clip.visual.load_state_dict(visual)
-    return dict(clip.state_dict()), head
+    return dict(clip.state_dict()), head, quick_gelu
 
 
 def _default_output(checkpoint: Path, to: Target, fmt: Format) -> Path:
@@ -242,10 +250,19 @@ def export_checkpoint(
             f"num_classes={num_classes}))"
         )
         return ExportResult(weights, None, snippet, metadata)
-    clip_state, head_state = open_clip_state_dict(student, init_args)
+    clip_state, head_state, quick_gelu = open_clip_state_dict(student, init_args)
     weights = save_weights(clip_state, out, metadata)
     head_path = out.with_name(f"{out.stem}.head{out.suffix}")
     head_meta = dict(metadata, logits="normalize(encode_image(x)) @ weight.T + bias")
     save_weights(head_state, head_path, head_meta)
-    snippet = f"open_clip.create_model({model_name!r}, pretrained={str(weights)!r})"
-    return ExportResult(weights, head_path, snippet, metadata)
+    name, prefix, config = model_name, "", None
+    model_cfg = init_args.get("model_cfg")
+    if model_cfg:
+        # a custom architecture: write its config so that open_clip can register it
+        config = out.with_name(f"{out.stem}.json")
+        config.write_text(json.dumps(model_cfg, indent=2) + "\n", encoding="utf-8")
+        name = out.stem
+        prefix = f"open_clip.add_model_config({str(config)!r}); "
+    flag = ", force_quick_gelu=True" if quick_gelu else ""
+    snippet = f"{prefix}open_clip.create_model({name!r}, pretrained={str(weights)!r}{flag})"
+    return ExportResult(weights, head_path, snippet, metadata, config)

@@ -70,12 +70,14 @@ def test_timm_round_trip_same_logits(timm_ckpt, tiny_timm_config):
 
 def test_open_clip_round_trip_same_logits(clip_ckpt, tmp_path):
     model, ckpt, args = clip_ckpt
-    result = export_checkpoint(ckpt, "open_clip", tmp_path / "out" / "clip.safetensors")
-    assert result.head == tmp_path / "out" / "clip.head.safetensors"
-    config_dir = tmp_path / "configs"
-    config_dir.mkdir()
-    (config_dir / "cfmask-export-tiny.json").write_text(json.dumps(args["model_cfg"]))
-    open_clip.add_model_config(config_dir)
+    result = export_checkpoint(
+        ckpt, "open_clip", tmp_path / "out" / "cfmask-export-tiny.safetensors"
+    )
+    assert result.head == tmp_path / "out" / "cfmask-export-tiny.head.safetensors"
+    assert result.config == tmp_path / "out" / "cfmask-export-tiny.json"
+    assert json.loads(result.config.read_text()) == args["model_cfg"]
+    assert "open_clip.add_model_config" in result.load_snippet
+    open_clip.add_model_config(result.config)  # registered under the file stem
     clip = open_clip.create_model("cfmask-export-tiny", pretrained=str(result.weights)).eval()
     head = load_file(str(result.head))
     x = torch.rand(3, 3, 32, 32)
