@@ -123,7 +123,7 @@ def test_wise_and_soup_commands(tmp_path, capsys):
     ckpt = sorted(tmp_path.rglob("last*.ckpt"))[0]
     assert (
         main(
-            ["wise", str(ckpt), "--alpha", "0", "0.5", "1", "--output-dir", str(tmp_path / "wise")]
+            ["wise", str(ckpt), "--alpha", "0", "0.5", "1", "--output", str(tmp_path / "wise")]
         )
         == 0
     )
