@@ -5,11 +5,12 @@ WiSE-FT checkpoint per ``alpha`` (:func:`cfmask.ensembles.wise_checkpoints`),
 tests each on the datamodule described by ``DATA.yaml`` and writes one CSV file
 for the whole sweep, one row per ``alpha``::
 
-    method,seed,alpha,checkpoint,source,config_hash,<set>...,ood_avg
+    method,seed,alpha,checkpoint,source,config_hash,<set>...,ood_avg,id_set
 
 Accuracies are top-1 in ``[0, 1]`` as in ``results.json``; ``<set>`` are the
-datamodule's test sets (ID first); ``source`` is the fine-tuned checkpoint and
-``config_hash`` a digest of the data config, the model's hyper-parameters and the
+datamodule's test sets (ID first); ``checkpoint`` is the WiSE-FT file and
+``source`` the fine-tuned checkpoint (absolute paths); ``config_hash`` is
+a digest of the data config, the model's hyper-parameters and the
 zero-shot source, so rows of different settings are never mixed up silently.
 
 :func:`plot_results` (``cfmask plot FILE...``) draws ID against OOD-average
@@ -242,8 +243,8 @@ def wise_sweep(
                 accuracies=acc,
                 id_set=id_set,
                 ood_avg=float(avg),
-                checkpoint=str(path),
-                source=str(finetuned),
+                checkpoint=str(Path(path).resolve()),
+                source=str(Path(finetuned).expanduser().resolve()),
                 config_hash=digest,
             )
         )

@@ -122,9 +122,7 @@ def test_wise_and_soup_commands(tmp_path, capsys):
     main(["fit", "-c", TINY, f"--trainer.default_root_dir={tmp_path}"])
     ckpt = sorted(tmp_path.rglob("last*.ckpt"))[0]
     assert (
-        main(
-            ["wise", str(ckpt), "--alpha", "0", "0.5", "1", "--output", str(tmp_path / "wise")]
-        )
+        main(["wise", str(ckpt), "--alpha", "0", "0.5", "1", "--output", str(tmp_path / "wise")])
         == 0
     )
     state = torch.load(ckpt, weights_only=True)["state_dict"]

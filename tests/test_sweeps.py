@@ -70,7 +70,8 @@ def test_wise_sweep_evaluates_every_alpha_into_one_file(tmp_path, tiny_timm_conf
     hashes = {r["config_hash"] for r in rows}
     assert len(hashes) == 1 and len(hashes.pop()) == 12
     for r in rows:
-        assert Path(r["checkpoint"]).is_file() and r["source"] == str(ckpt)
+        assert Path(r["checkpoint"]).is_absolute() and Path(r["checkpoint"]).is_file()
+        assert r["source"] == str(ckpt.resolve())
         by_hand = _accuracy_by_hand(Path(r["checkpoint"]), tiny_timm_config)
         for name, value in by_hand.items():
             assert float(r[name]) == pytest.approx(value, abs=1e-6)
