@@ -66,7 +66,12 @@ def _main_block_attention(self, q_x, k_x=None, v_x=None, attn_mask=None):
 
 def _main_style(vit: OpenCLIPViT) -> OpenCLIPViT:
     out = copy.deepcopy(vit)
-    for blk in out.visual.transformer.resblocks:
+    _convert_blocks(out.visual.transformer)
+    return out.eval()
+
+
+def _convert_blocks(transformer: nn.Module) -> None:
+    for blk in transformer.resblocks:
         if not isinstance(blk.attn, nn.MultiheadAttention):
             continue  # the installed open_clip already uses the new block
         mha = blk.attn
@@ -78,7 +83,6 @@ def _main_style(vit: OpenCLIPViT) -> OpenCLIPViT:
             new.out_proj.load_state_dict(mha.out_proj.state_dict())
         blk.attn = new
         blk.attention = types.MethodType(_main_block_attention, blk)
-    return out.eval()
 
 
 def _hand_attention(vit: OpenCLIPViT, images: Tensor) -> Tensor:
@@ -205,3 +209,24 @@ def test_cross_attention_and_boolean_masks_are_refused(clip_args):
             attn(x, k_x=torch.rand(1, 17, 64))
         with pytest.raises(AttentionCaptureError, match="float masks"):
             attn(x, attn_mask=torch.zeros(17, 17, dtype=torch.bool))
+
+
+def test_text_embeddings_through_main_branch_style_blocks(clip_args):
+    """The zero-shot head's text path (causal 2-D mask, truncated context) on the new blocks."""
+    import open_clip
+
+    from cfmask.backbones.openclip_vit import encode_text_truncated
+
+    torch.manual_seed(0)
+    clip = open_clip.CLIP(**copy.deepcopy(clip_args["model_cfg"])).eval()
+    converted = copy.deepcopy(clip)
+    _convert_blocks(converted.transformer)
+    assert not any(
+        isinstance(b.attn, nn.MultiheadAttention) for b in converted.transformer.resblocks
+    )
+    tokens = open_clip.get_tokenizer("ViT-B-32")(["a photo of a cat.", "a dog"])
+    with torch.no_grad():
+        expected = clip.encode_text(tokens)
+        torch.testing.assert_close(
+            encode_text_truncated(converted, tokens), expected, rtol=1e-5, atol=1e-5
+        )
