@@ -444,5 +444,20 @@ def run_command(name: str, argv: Sequence[str]) -> int:
         return command.raw(list(argv))
     assert command.run is not None
     parser = command.build_parser()
-    ns = parser.parse_args(_rename(argv, command))
+    args = _rename(argv, command)
+    _check_options(parser, args)
+    ns = parser.parse_args(args)
     return command.run(ns, parser)
+
+
+def _check_options(parser: ArgumentParser, argv: Sequence[str]) -> None:
+    """Refuse an unknown ``--option`` with the closest known spellings."""
+    known = [s for s in parser._option_string_actions if s.startswith("--")]
+    for arg in argv:
+        if arg == "--" or not arg.startswith("--"):
+            continue
+        option = arg.split("=", 1)[0]
+        if option not in known:
+            close = difflib.get_close_matches(option, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            parser.error(f"unrecognized option {option}{hint}")

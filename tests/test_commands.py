@@ -56,6 +56,13 @@ def test_typo_gets_did_you_mean(typo, meant, capsys):
     assert f"did you mean '{meant}'" in capsys.readouterr().err
 
 
+def test_option_typo_gets_did_you_mean(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["wise", "x.ckpt", "--alpah", "0.5"])
+    assert info.value.code == 2
+    assert "unrecognized option --alpah; did you mean --alpha?" in capsys.readouterr().err
+
+
 def test_unrelated_word_lists_the_commands(capsys):
     assert main(["frobnicate"]) == 2
     err = capsys.readouterr().err
