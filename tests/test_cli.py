@@ -162,6 +162,7 @@ def test_python_module_entry_point_help():
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     assert "fit" in out.stdout and "test" in out.stdout
+    assert "export" in out.stdout and "plot" in out.stdout and "--version" in out.stdout
 
 
 def test_example_stack_files_are_valid_yaml():
