@@ -43,7 +43,7 @@ from cfmask.validation import check_number
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ("CounterfactualFineTuner",)
+__all__ = ("CounterfactualFineTuner", "global_batch_mismatch")
 
 _COMPONENTS = ("backbone", "relevance", "masker", "refiller")
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
@@ -124,6 +124,11 @@ class CounterfactualFineTuner(pl.LightningModule):
             second forward pass on ``x``, when that gives the same function (see
             :meth:`~cfmask.objective.CounterfactualObjective.can_share_relevance_pass`).
             Saves one forward per step.
+        recipe_global_batch: The global batch a recipe's learning rate and schedule
+            were written for (512 in the paper's recipes). When set, a fit whose
+            global batch (per-device batch x devices x nodes x gradient accumulation)
+            differs warns at start, naming both numbers; see
+            :func:`global_batch_mismatch`.
 
     Distributed training (DDP): each rank builds its counterfactuals from its own
     per-device batch. Refill donors (the single-fill permutation, the multi-fill
@@ -167,6 +172,7 @@ class CounterfactualFineTuner(pl.LightningModule):
         init_weights: str | None = None,
         fuse_student_passes: bool = True,
         share_relevance_pass: bool = True,
+        recipe_global_batch: int | None = None,
     ) -> None:
         super().__init__()
         _validate_options(
@@ -180,6 +186,8 @@ class CounterfactualFineTuner(pl.LightningModule):
             relevance_source,
             trainable,
         )
+        if recipe_global_batch is not None and recipe_global_batch <= 0:
+            raise ValueError(f"recipe_global_batch must be > 0, got {recipe_global_batch}")
         self.save_hyperparameters(ignore=[*_COMPONENTS, "distillation"])
 
         if init_weights is not None:
@@ -232,11 +240,15 @@ class CounterfactualFineTuner(pl.LightningModule):
 
         Installs :class:`~cfmask.checkpoints.SafeCheckpointIO` on the Trainer's
         strategy: Lightning restores a ``ckpt_path`` after this hook, and then reads
-        it with ``weights_only=True`` whether it is a local file or a URL.
+        it with ``weights_only=True`` whether it is a local file or a URL. When fitting
+        with ``recipe_global_batch`` set, also warn if the global batch differs from
+        the recipe's.
         """
         if self._trainer is not None:
             install_safe_checkpoint_io(self.trainer.strategy)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if stage == "fit" and self._trainer is not None:
+            self._check_recipe_global_batch(datamodule)
         expected = getattr(datamodule, "num_classes", None)
         if isinstance(expected, int) and expected != self.student.num_classes:
             raise ValueError(
@@ -245,6 +257,20 @@ class CounterfactualFineTuner(pl.LightningModule):
                 "datamodule's classes (num_classes for TimmViT, class_names for "
                 "OpenCLIPViT)."
             )
+
+    def _check_recipe_global_batch(self, datamodule: Any) -> None:
+        expected = self.hparams.get("recipe_global_batch")
+        if expected is None:
+            return
+        trainer = self.trainer
+        message = global_batch_mismatch(
+            int(expected),
+            getattr(datamodule, "batch_size", None),
+            int(trainer.world_size),
+            int(trainer.accumulate_grad_batches),
+        )
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=2)
 
     def on_fit_start(self) -> None:
         """Silence Lightning's eval-mode warning when it would only list the frozen teachers."""
@@ -533,6 +559,48 @@ def _scored(metric: nn.Module) -> Tensor:
     """The number of images a :class:`~cfmask.metrics.SubsetAccuracy` has seen (this rank)."""
     total: Tensor = metric.total  # type: ignore[assignment]
     return total.detach().clone()
+
+
+def global_batch_mismatch(
+    expected: int, per_device: int | None, world_size: int, accumulate: int = 1
+) -> str | None:
+    """Explain how a run's global batch differs from the one its recipe was written for.
+
+    The global batch is ``per_device * world_size * accumulate``; the paper's recipes
+    use 512 (Xiao et al., CVPR 2023, arXiv:2303.03052, "Implementation details" of Sec. 4), and their learning
+    rate, warm-up and step count assume it.
+
+    Args:
+        expected: The recipe's global batch.
+        per_device: The datamodule's per-device ``batch_size``; ``None`` when unknown.
+        world_size: Number of processes (devices x nodes).
+        accumulate: Gradient-accumulation factor.
+
+    Returns:
+        ``None`` when the global batch matches, otherwise a message naming both
+        numbers and the fix.
+
+    Example:
+        >>> global_batch_mismatch(512, 128, 4) is None
+        True
+        >>> global_batch_mismatch(512, 512, 4)[:60]
+        'the recipe was written for a global batch of 512, but this r'
+    """
+    if per_device is None:
+        return (
+            f"the recipe was written for a global batch of {expected}, but the datamodule "
+            "has no batch_size attribute, so the global batch of this run cannot be checked."
+        )
+    actual = int(per_device) * world_size * accumulate
+    if actual == expected:
+        return None
+    return (
+        f"the recipe was written for a global batch of {expected}, but this run's global "
+        f"batch is {actual} ({per_device} per device x {world_size} process(es) x "
+        f"{accumulate} accumulation step(s)); the learning rate, warm-up and number of steps "
+        f"no longer match the recipe. Set data.init_args.batch_size to "
+        f"{expected} / (devices x nodes x accumulation) or trainer.devices to match."
+    )
 
 
 _MEMORY_OPTIONS = ("grad_checkpointing",)
