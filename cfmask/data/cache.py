@@ -149,9 +149,12 @@ class CachedImageDataset(Dataset[Any]):
     """Serves a :class:`FolderImageDataset`'s crops from its cache.
 
     Items are ``(image (3, S, S) float in [0, 1], target)``, identical to the
-    uncached set's; samples that could not be decoded at build time are
-    ``None`` (recorded in the set's skip log) and dropped by
-    :func:`~cfmask.data.folder.collate_skipping`.
+    uncached set's. A sample that could not be decoded when the cache was built
+    is read from its file again through ``dataset``, so it behaves exactly as
+    without the cache: :class:`~cfmask.data.folder.CorruptImageError` unless
+    ``dataset.skip_corrupt``, else ``None`` (recorded in the set's skip log and
+    dropped by :func:`~cfmask.data.folder.collate_skipping`); a file replaced by
+    a readable image since then is served from disk.
 
     Args:
         dataset: The uncached set (gives targets, name and the skip log).
@@ -187,10 +190,11 @@ class CachedImageDataset(Dataset[Any]):
 
     def __getitem__(self, index: int) -> Any:
         if not self.valid[index]:
-            log = self.dataset.skip_log
-            if log is not None:
-                log.record(self.dataset.samples[index].path, "undecodable (cached)")
-            return None
+            # The file could not be decoded when the cache was built (with skip_corrupt).
+            # Read it through the uncached set: that raises CorruptImageError or records
+            # the skip exactly as an uncached run does, and a file replaced since the
+            # build is decoded and served instead of the stale verdict.
+            return self.dataset[index]
         if self._mm is None:
             s = self.image_size
             self._mm = np.memmap(
