@@ -49,7 +49,7 @@ class SetReport:
         path: Directory tried (or found).
         images: Images found (ObjectNet: in the mapped classes).
         expected_images: Published count.
-        classes: Class folders used.
+        classes: Class folders that hold at least one image.
         expected_classes: Published class count.
         message: Details for non-ok statuses.
         unreadable: Files that failed to decode (only with ``verify``).
@@ -114,20 +114,25 @@ def _verify(ds: FolderImageDataset) -> list[str]:
 
 def _report(name: str, ds: FolderImageDataset, verify: bool) -> SetReport:
     expected = EXPECTED_COUNTS[name]
+    nonempty = {s.class_index for s in ds.samples}
     r = SetReport(
         name=name,
         status="ok" if len(ds) == expected else "truncated",
         path=str(ds.root),
         images=len(ds),
         expected_images=expected,
-        classes=len(ds.folders),
+        classes=len(nonempty),
         expected_classes=_EXPECTED_CLASSES[name],
     )
+    empty = [f for i, f in enumerate(ds.folders) if i not in nonempty]
+    if empty:
+        shown = ", ".join(empty[:5]) + (" …" if len(empty) > 5 else "")
+        r.message = f"{len(empty)} class folder(s) hold no images: {shown}."
     if isinstance(ds, ObjectNet):
         r.message = (
             f"{ds.num_images_all:,} images in all folders (ObjectNet 1.0: "
-            f"{EXPECTED_COUNTS['objectnet_all']:,}); counted: the mapped classes"
-        )
+            f"{EXPECTED_COUNTS['objectnet_all']:,}); counted: the mapped classes. " + r.message
+        ).strip()
     if r.status == "truncated":
         kind = "FEWER" if len(ds) < expected else "MORE"
         r.message = (

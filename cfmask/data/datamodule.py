@@ -532,11 +532,28 @@ class ImageNetOODDataModule(_ImageDataModule):
                 self.test_sets[ds.name] = self._maybe_cache(ds)
 
     def prepare_data(self) -> None:
-        """Build the crop caches once per node when ``cache_dir`` is set (no downloads)."""
+        """Build the crop caches once per node when ``cache_dir`` is set (no downloads).
+
+        Only the sets of the running stage are scanned and cached (a ``test`` run
+        needs neither ImageNet's train folder nor the held-out split); without a
+        trainer, every set is.
+        """
         if self.cache_dir is None:
             return
-        self.setup("test")
-        self.setup("fit")
+        for stage in _stages_to_prepare(getattr(self, "trainer", None)):
+            self.setup(stage)
+
+
+def _stages_to_prepare(trainer: Any) -> tuple[str, ...]:
+    """The ``setup`` stages whose sets the trainer's running entry point reads."""
+    fn = getattr(getattr(getattr(trainer, "state", None), "fn", None), "value", None)
+    stages = {
+        "fit": ("fit",),
+        "validate": ("validate",),
+        "test": ("test",),
+        "predict": ("predict",),
+    }
+    return stages.get(str(fn), ("test", "fit"))
 
 
 def _folder_set(

@@ -47,10 +47,10 @@ def test_cache_built_while_skipping_still_raises_without_skip_corrupt(tmp_path: 
     x, _ = _test_batch(_datamodule(tmp_path, skip_corrupt=True))
     assert x.shape[0] == 4  # 5 files, the broken one skipped
     strict = _datamodule(tmp_path, skip_corrupt=False)
-    with pytest.raises(CorruptImageError, match="broken.png"):
+    with pytest.raises(CorruptImageError, match=r"broken\.png"):
         _test_batch(strict)
     # Uncached, the same set raises the same error.
-    with pytest.raises(CorruptImageError, match="broken.png"):
+    with pytest.raises(CorruptImageError, match=r"broken\.png"):
         _test_batch(_datamodule(tmp_path, skip_corrupt=False, cache=False))
     assert bad.exists()
 

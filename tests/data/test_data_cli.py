@@ -50,3 +50,19 @@ def test_data_command(data_root: Path, tmp_path: Path, capsys) -> None:
     )
     assert data_command(["check", "--root", str(tmp_path), "--sets", "imagenet_a"]) == 1
     assert data_command(["frobnicate"]) == 2
+
+
+def test_classes_column_counts_folders_that_hold_images(tmp_path: Path) -> None:
+    from _fake_trees import make_folder_set
+
+    from cfmask.data.imagenet import imagenet_r_wnids
+
+    wnids = imagenet_r_wnids()
+    make_folder_set(tmp_path / "imagenet-r", wnids, ext=".jpg")
+    for empty in wnids[:2]:
+        for f in (tmp_path / "imagenet-r" / empty).iterdir():
+            f.unlink()
+    (report,) = check_layout(tmp_path, sets=["imagenet_r"]).sets
+    assert report.images == 198
+    assert (report.classes, report.expected_classes) == (198, 200)
+    assert "2 class folder(s) hold no images" in report.message and wnids[0] in report.message

@@ -207,3 +207,41 @@ def test_image_folder_unknown_class(custom_root: Path) -> None:
         dm.setup()
     with pytest.raises(ValueError, match="class_names has 2 names"):
         ImageFolderDataModule(root=str(custom_root / "mine"), class_names=["a", "b"])
+
+
+def test_test_only_run_with_cache_needs_no_train_folder(tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    from cfmask import CounterfactualFineTuner
+    from cfmask.backbones import TimmViT
+    from cfmask.data.imagenet import imagenet_r_wnids, imagenet_wnids
+
+    make_folder_set(tmp_path / "imagenet" / "val", imagenet_wnids())
+    make_folder_set(tmp_path / "imagenet-r", imagenet_r_wnids(), ext=".jpg")
+    assert not (tmp_path / "imagenet" / "train").exists()
+    dm = ImageNetOODDataModule(
+        root=str(tmp_path),
+        ood_sets=["imagenet_r"],
+        num_workers=0,
+        image_size=32,
+        eval_batch_size=500,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    backbone = TimmViT(
+        "vit_tiny_patch16_224",
+        num_classes=1000,
+        img_size=32,
+        patch_size=8,
+        model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2},
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.test(CounterfactualFineTuner(backbone, distillation=[]), datamodule=dm, verbose=False)
+    cached = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir())
+    assert cached == ["imagenet", "imagenet_r"]  # the test sets only, no held-out split
