@@ -36,7 +36,12 @@ from cfmask.checkpoints import (
 from cfmask.losses import DistillationLoss
 from cfmask.masking.base import Masker, Refiller
 from cfmask.metrics import OOD_AVG, EvalSet, SubsetAccuracy, describe_test_sets, ood_average
-from cfmask.objective import CounterfactualObjective, load_weights_into
+from cfmask.objective import (
+    INITIAL_TEACHER,
+    CounterfactualObjective,
+    load_weights_into,
+    teacher_key,
+)
 from cfmask.relevance.base import RelevanceMap
 from cfmask.validation import check_number
 
@@ -191,7 +196,10 @@ class CounterfactualFineTuner(pl.LightningModule):
         self.save_hyperparameters(ignore=[*_COMPONENTS, "distillation"])
 
         if init_weights is not None:
-            load_weights_into(backbone, init_weights, "init_weights")
+            if backbone.needs_class_names:  # loaded by _bind_class_names once the head exists
+                _require_file(init_weights, "init_weights")
+            else:
+                load_weights_into(backbone, init_weights, "init_weights")
         objective = CounterfactualObjective(
             backbone,
             masker=masker,
@@ -236,7 +244,10 @@ class CounterfactualFineTuner(pl.LightningModule):
         return objective
 
     def setup(self, stage: str) -> None:
-        """Read checkpoints safely and check the datamodule's class count against the head.
+        """Read checkpoints safely, build a deferred head, check the class count against it.
+
+        A backbone built with ``class_names="datamodule"`` gets its zero-shot head
+        here, from the datamodule's ``class_names``.
 
         Installs :class:`~cfmask.checkpoints.SafeCheckpointIO` on the Trainer's
         strategy: Lightning restores a ``ckpt_path`` after this hook, and then reads
@@ -247,6 +258,8 @@ class CounterfactualFineTuner(pl.LightningModule):
         if self._trainer is not None:
             install_safe_checkpoint_io(self.trainer.strategy)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if self._trainer is not None:
+            self._bind_class_names(datamodule)
         if stage == "fit" and self._trainer is not None:
             self._check_recipe_global_batch(datamodule)
         expected = getattr(datamodule, "num_classes", None)
@@ -257,6 +270,51 @@ class CounterfactualFineTuner(pl.LightningModule):
                 "datamodule's classes (num_classes for TimmViT, class_names for "
                 "OpenCLIPViT)."
             )
+
+    def _bind_class_names(self, datamodule: Any) -> None:
+        """Build the deferred zero-shot head of the student and teachers from the datamodule.
+
+        The text tower runs once, on global rank 0 and on the accelerator, with a
+        progress bar; the weight is broadcast to the other ranks. The checkpoints
+        named by ``init_weights`` and the teachers' sources are loaded afterwards,
+        and the stored backbone config then holds the explicit class names, so a
+        checkpoint of this run rebuilds without the datamodule.
+        """
+        if not self.student.needs_class_names:
+            return
+        names = getattr(datamodule, "class_names", None)
+        if not names:
+            raise ValueError(
+                "the backbone takes its class names from the datamodule (class_names: "
+                f"datamodule) but {type(datamodule).__name__} has no class_names; list "
+                "them in the backbone's class_names or use a datamodule that has them "
+                "(ImageFolderDataModule, ImageNetOODDataModule)."
+            )
+        names = [str(n) for n in names]
+        strategy = self.trainer.strategy
+        weight: Tensor | None = None
+        if self.trainer.is_global_zero:
+            weight = self.student.zero_shot_weight(
+                names, device=strategy.root_device, progress=True
+            )
+        weight = strategy.broadcast(weight, src=0)
+        teachers: list[VisionBackbone] = list(self.teachers.values())  # type: ignore[arg-type]
+        for module in (self.student, *teachers):
+            module.set_class_names(names, weight)
+        init_weights = self.hparams["init_weights"]
+        if init_weights is not None:
+            load_weights_into(self.student, init_weights, "init_weights")
+            if INITIAL_TEACHER in self.teachers:
+                self.teachers[INITIAL_TEACHER].load_state_dict(self.student.state_dict())
+        terms: Sequence[DistillationLoss] = list(self.distillation)  # type: ignore[arg-type]
+        for term in terms:
+            if term.teacher is not None:
+                teacher: VisionBackbone = self.teachers[teacher_key(term.teacher)]  # type: ignore[assignment]
+                load_weights_into(teacher, term.teacher, "teacher")
+        self.teachers.requires_grad_(False)
+        self.teachers.eval()
+        self.hparams["backbone"] = self.student.config()
+        self.val_accuracy = SubsetAccuracy(num_classes=self.student.num_classes)
 
     def _check_recipe_global_batch(self, datamodule: Any) -> None:
         expected = self.hparams.get("recipe_global_batch")
@@ -561,14 +619,22 @@ def _scored(metric: nn.Module) -> Tensor:
     return total.detach().clone()
 
 
+def _require_file(path: str, what: str) -> None:
+    if not Path(path).expanduser().is_file():
+        raise FileNotFoundError(
+            f"{what} checkpoint not found: {path}. Pass the path of a cfmask .ckpt "
+            "or a state dict saved with torch.save(model.state_dict(), path)."
+        )
+
+
 def global_batch_mismatch(
     expected: int, per_device: int | None, world_size: int, accumulate: int = 1
 ) -> str | None:
     """Explain how a run's global batch differs from the one its recipe was written for.
 
     The global batch is ``per_device * world_size * accumulate``; the paper's recipes
-    use 512 (Xiao et al., CVPR 2023, arXiv:2303.03052, "Implementation details" of Sec. 4), and their learning
-    rate, warm-up and step count assume it.
+    use 512 (Xiao et al., CVPR 2023, arXiv:2303.03052, Sec. 4, "Implementation
+    details"), and their learning rate, warm-up and step count assume it.
 
     Args:
         expected: The recipe's global batch.

@@ -11,7 +11,8 @@ the model's zero-shot logits. It is trained together with the image tower.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,8 @@ def build_zero_shot_weights(
     templates: Sequence[str],
     logit_scale: float = 100.0,
     batch_size: int = 256,
+    device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> Tensor:
     """Build the zero-shot head weight from class names and prompt templates.
 
@@ -80,9 +83,12 @@ def build_zero_shot_weights(
         logit_scale: Factor applied to the unit class embeddings (CLIP's
             ``logit_scale.exp()``, 100 for OpenAI CLIP).
         batch_size: Prompts per text-encoder call.
+        device: Device the token ids are moved to before encoding (the text
+            encoder's); ``None`` leaves them where the tokenizer puts them.
+        progress: Show a progress bar (rich) over the prompt batches.
 
     Returns:
-        ``(K, D)`` float weight.
+        ``(K, D)`` float weight, on the CPU.
 
     Raises:
         ValueError: If a list is empty or a template has no ``"{}"``.
@@ -104,10 +110,26 @@ def build_zero_shot_weights(
         raise ValueError(f"every template needs a '{{}}' placeholder for the class name: {bad}")
     prompts = [t.replace("{}", name) for name in class_names for t in templates]
     chunks = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            emb = text_encoder(tokenizer(prompts[start : start + batch_size]))
-            chunks.append(F.normalize(emb.float(), dim=-1))
+    starts = range(0, len(prompts), batch_size)
+    with _progress(progress, len(starts), len(class_names)) as advance, torch.no_grad():
+        for start in starts:
+            ids = tokenizer(prompts[start : start + batch_size])
+            emb = text_encoder(ids if device is None else ids.to(device))
+            chunks.append(F.normalize(emb.float(), dim=-1).cpu())
+            advance()
     per_prompt = torch.cat(chunks).view(len(class_names), len(templates), -1)
     weight = F.normalize(per_prompt.mean(dim=1), dim=-1)
     return weight * logit_scale
+
+
+@contextmanager
+def _progress(show: bool, steps: int, num_classes: int) -> Iterator[Callable[[], None]]:
+    """A rich progress bar over ``steps`` text-encoder calls, or a no-op."""
+    if not show:
+        yield lambda: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"zero-shot head: {num_classes} classes", total=steps)
+        yield lambda: bar.advance(task)

@@ -252,7 +252,10 @@ class CounterfactualObjective(nn.Module):
 
     def _build_teacher(self, source: str | None) -> VisionBackbone:
         teacher = copy.deepcopy(self.student)
-        if source is not None:
+        # A head built later from the datamodule's class names (OpenCLIPViT with
+        # class_names="datamodule") gets its source once the head exists
+        # (CounterfactualFineTuner.setup).
+        if source is not None and not teacher.needs_class_names:
             load_weights_into(teacher, source, "teacher")
         teacher.requires_grad_(False)
         teacher.eval()

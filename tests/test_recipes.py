@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cfmask.backbones import TimmViT
 from cfmask.cli import main
 from cfmask.finetuner import CounterfactualFineTuner, global_batch_mismatch
 from cfmask.synthetic import SyntheticDataModule
-from cfmask.backbones import TimmViT
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs"

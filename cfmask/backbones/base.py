@@ -12,9 +12,11 @@ key masking).
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from cfmask.components import Component
@@ -117,6 +119,37 @@ class VisionBackbone(Component):
     @abstractmethod
     def forward_head(self, features: Tensor) -> Tensor:
         """Map ``(B, D)`` features to ``(B, K)`` logits."""
+
+    @property
+    def needs_class_names(self) -> bool:
+        """Whether the head waits for the datamodule's class names (built later).
+
+        ``False`` unless an adapter supports a deferred head (``OpenCLIPViT`` with
+        ``class_names="datamodule"``); the fine-tuner then builds it in ``setup``
+        with :meth:`zero_shot_weight` and :meth:`set_class_names`.
+        """
+        return False
+
+    def zero_shot_weight(
+        self,
+        class_names: Sequence[str],
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Compute the ``(K, D)`` head weight for ``class_names`` (deferred heads only).
+
+        Raises:
+            NotImplementedError: For adapters without a deferred head.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no head built from class names")
+
+    def set_class_names(self, class_names: Sequence[str], weight: Tensor | None = None) -> None:
+        """Build the deferred head for ``class_names`` (from ``weight`` when given).
+
+        Raises:
+            NotImplementedError: For adapters without a deferred head.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no head built from class names")
 
     def forward(self, images: Tensor) -> Tensor:
         """Classify ``(B, C, H, W)`` images in ``[0, 1]`` into ``(B, K)`` logits."""

@@ -12,8 +12,9 @@ import types
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import open_clip
 import torch
@@ -24,13 +25,25 @@ from cfmask.backbones._tokens import check_keep_index, check_key_mask, gather_to
 from cfmask.backbones.base import AttentionCaptureError, DataConfig, VisionBackbone
 from cfmask.heads import ZeroShotHead, build_zero_shot_weights
 
-__all__ = ("OpenCLIPViT", "default_templates")
+__all__ = ("CLASS_NAMES_FROM_DATAMODULE", "OpenCLIPViT", "default_templates")
 
 log = logging.getLogger(__name__)
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _CACHE_VERSION = 1
+
+#: ``class_names`` value that defers the zero-shot head until the datamodule's
+#: ``class_names`` are known (see :meth:`OpenCLIPViT.set_class_names`).
+CLASS_NAMES_FROM_DATAMODULE = "datamodule"
+
+
+@dataclass
+class _TextTower:
+    """The CLIP text tower kept (outside the module tree) until the head is built."""
+
+    clip: Any
+    quick_gelu: bool
 
 
 def default_templates() -> list[str]:
@@ -68,10 +81,15 @@ class OpenCLIPViT(VisionBackbone):
             path of a local full-CLIP checkpoint; ``None`` for random weights.
         model_cfg: A complete open_clip model config (``embed_dim``, ``vision_cfg``,
             ``text_cfg``, ...) for custom or tiny models; overrides the built-in config.
-        class_names: Class names of the head; ``None`` = open_clip's ImageNet names.
+        class_names: Class names of the head; ``None`` = open_clip's ImageNet names
+            (``open_clip.IMAGENET_CLASSNAMES``); ``"datamodule"`` = the training
+            datamodule's ``class_names``: the head is then built once they are known
+            (by :class:`~cfmask.CounterfactualFineTuner` at the start of ``fit``,
+            ``validate`` or ``test``, or by :meth:`set_class_names`), never before.
         templates: Prompt templates with a ``"{}"`` placeholder; ``None`` = the 80
             OpenAI ImageNet templates.
-        text_cache_dir: Directory of the text-embedding cache; ``None`` =
+        text_cache_dir: Directory of the text-embedding cache (one small ``.pt`` file
+            per model, class list and template list); ``None`` =
             ``$XDG_CACHE_HOME/cfmask/text`` (``~/.cache/cfmask/text``).
         grad_checkpointing: Recompute each residual block's activations during the
             backward pass instead of storing them (open_clip's
@@ -105,7 +123,7 @@ class OpenCLIPViT(VisionBackbone):
         model_name: str = "ViT-B-32",
         pretrained: str | None = None,
         model_cfg: dict[str, Any] | None = None,
-        class_names: list[str] | None = None,
+        class_names: list[str] | Literal["datamodule"] | None = None,
         templates: list[str] | None = None,
         text_cache_dir: str | None = None,
         grad_checkpointing: bool = False,
@@ -136,15 +154,23 @@ class OpenCLIPViT(VisionBackbone):
         if self.grad_checkpointing:
             visual.set_grad_checkpointing(True)
 
-        names = (
-            list(class_names) if class_names is not None else list(open_clip.IMAGENET_CLASSNAMES)
-        )
-        tmpls = list(templates) if templates is not None else default_templates()
+        if isinstance(class_names, str) and class_names != CLASS_NAMES_FROM_DATAMODULE:
+            raise ValueError(
+                f"class_names must be a list of names, None (ImageNet) or "
+                f"{CLASS_NAMES_FROM_DATAMODULE!r}, got the string {class_names!r}"
+            )
         cfg_quick = quick_gelu or _config_quick_gelu(model_name, model_cfg)
-        unit = self._class_embeddings(clip, names, tmpls, cfg_quick)
-        scale = float(clip.logit_scale.detach().exp().flatten()[0])
+        self._logit_scale = float(clip.logit_scale.detach().exp().flatten()[0])
         self.visual: Any = visual
-        self.head = ZeroShotHead(unit * scale)
+        self._text: _TextTower | None = None
+        if class_names == CLASS_NAMES_FROM_DATAMODULE:
+            clip.visual = nn.Identity()  # the image tower lives in self.visual
+            self._text = _TextTower(clip, cfg_quick)
+            self.head = ZeroShotHead(torch.zeros(0, int(visual.output_dim)))
+        else:
+            names = list(class_names or open_clip.IMAGENET_CLASSNAMES)
+            unit = self._class_embeddings(clip, names, self._templates(), cfg_quick)
+            self.head = ZeroShotHead(unit * self._logit_scale)
         del clip  # the text tower and logit scale are not part of this module
 
         pp = getattr(visual, "preprocess_cfg", None) or {}
@@ -174,6 +200,77 @@ class OpenCLIPViT(VisionBackbone):
         if not args.get("grad_checkpointing"):
             args.pop("grad_checkpointing", None)
         return args
+
+    # ------------------------------------------------------------- class names
+    @property
+    def needs_class_names(self) -> bool:
+        """Whether the head waits for class names (``class_names="datamodule"``)."""
+        return self._text is not None
+
+    def zero_shot_weight(
+        self,
+        class_names: Sequence[str],
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Build the ``(K, D)`` zero-shot head weight for ``class_names`` (text tower kept).
+
+        Row ``k`` is ``logit_scale * normalise(mean_t normalise(text(t(name_k))))`` over
+        the templates (see :func:`~cfmask.heads.build_zero_shot_weights`); read from the
+        text-embedding cache when present.
+
+        Args:
+            class_names: ``K`` class names.
+            device: Device the text tower runs on (e.g. the accelerator); moved back
+                to the CPU afterwards.
+            progress: Show a progress bar while encoding.
+
+        Returns:
+            ``(K, D)`` float weight on the CPU.
+
+        Raises:
+            RuntimeError: If the head was already built (the text tower is gone).
+        """
+        if self._text is None:
+            raise RuntimeError(
+                "the text tower was dropped when the head was built; build the backbone "
+                f'with class_names="{CLASS_NAMES_FROM_DATAMODULE}" to set class names later.'
+            )
+        names = list(class_names)
+        unit = self._class_embeddings(
+            self._text.clip, names, self._templates(), self._text.quick_gelu, device, progress
+        )
+        return unit * self._logit_scale
+
+    def set_class_names(self, class_names: Sequence[str], weight: Tensor | None = None) -> None:
+        """Build the zero-shot head for ``class_names`` and drop the text tower.
+
+        Args:
+            class_names: ``K`` class names, in class-index order.
+            weight: The ``(K, D)`` head weight if already computed (e.g. on another
+                process, see :meth:`zero_shot_weight`); built here when ``None``.
+
+        Raises:
+            RuntimeError: If the head was already built.
+            ValueError: If ``weight`` does not have shape ``(K, D)``.
+        """
+        names = list(class_names)
+        if weight is None:
+            weight = self.zero_shot_weight(names)
+        if self._text is None:
+            raise RuntimeError("the zero-shot head of this backbone is already built")
+        expected = (len(names), self.head.in_features)
+        if tuple(weight.shape) != expected:
+            raise ValueError(
+                f"head weight must have shape {expected} for {len(names)} class names, "
+                f"got {tuple(weight.shape)}"
+            )
+        self.head = ZeroShotHead(weight.to(self.mean_buffer.device))
+        self.class_names = names
+        self._text = None
+
+    def _templates(self) -> list[str]:
+        return list(self.templates) if self.templates is not None else default_templates()
 
     # -------------------------------------------------------------- properties
     @property
@@ -260,6 +357,13 @@ class OpenCLIPViT(VisionBackbone):
 
     def forward_head(self, features: Tensor) -> Tensor:
         """Map ``(B, D)`` embeddings to ``(B, K)`` zero-shot logits."""
+        if self._text is not None:
+            raise RuntimeError(
+                f'the zero-shot head waits for class names (class_names="'
+                f'{CLASS_NAMES_FROM_DATAMODULE}"): CounterfactualFineTuner builds it from '
+                "the datamodule's class_names when fit/validate/test starts; outside a "
+                "Trainer call set_class_names(names) first."
+            )
         return self.head(features)  # type: ignore[no-any-return]
 
     # ---------------------------------------------------------------- probing
@@ -363,7 +467,13 @@ class OpenCLIPViT(VisionBackbone):
 
     # -------------------------------------------------------------- text head
     def _class_embeddings(
-        self, clip: Any, names: list[str], templates: list[str], quick_gelu: bool
+        self,
+        clip: Any,
+        names: list[str],
+        templates: list[str],
+        quick_gelu: bool,
+        device: torch.device | str | None = None,
+        progress: bool = False,
     ) -> Tensor:
         """Unit ``(K, D)`` class embeddings, from the disk cache when possible."""
         key = _cache_key(
@@ -392,8 +502,22 @@ class OpenCLIPViT(VisionBackbone):
         encoder = _text_encoder(clip)
         was_training = clip.training
         clip.eval()
-        weight = build_zero_shot_weights(encoder, tokenizer, names, templates, logit_scale=1.0)
-        clip.train(was_training)
+        if device is not None:
+            clip.to(device)
+        try:
+            weight = build_zero_shot_weights(
+                encoder,
+                tokenizer,
+                names,
+                templates,
+                logit_scale=1.0,
+                device=device,
+                progress=progress,
+            )
+        finally:
+            clip.train(was_training)
+            if device is not None:
+                clip.to("cpu")
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = file.with_suffix(f".tmp{os.getpid()}")

@@ -86,12 +86,18 @@ def wnid_to_index() -> dict[str, int]:
 def imagenet_class_names() -> tuple[str, ...]:
     """Return OpenAI's 1000 curated ImageNet class names, in class-index order.
 
+    The list is open_clip's own (``open_clip.IMAGENET_CLASSNAMES``), the one
+    :class:`~cfmask.backbones.OpenCLIPViT` uses by default, so the datamodule's
+    names and the default zero-shot head always agree.
+
     Example:
         >>> names = imagenet_class_names()
         >>> names[0], names.count("missile")
         ('tench', 2)
     """
-    return _load_json_list("imagenet_classnames.json")
+    import open_clip
+
+    return tuple(open_clip.IMAGENET_CLASSNAMES)
 
 
 @cache
