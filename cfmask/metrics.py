@@ -1,4 +1,4 @@
-"""Per-set top-1 accuracy with the reference's class-subset protocol, and reporting.
+"""Per-set top-1 (and top-5) accuracy with the reference's class-subset protocol, and reporting.
 
 Every evaluation set is scored with the same 1000-way ImageNet head (reference
 notes §4.3). Sets that cover fewer classes (ImageNet-R, ImageNet-A, ObjectNet)
@@ -9,7 +9,11 @@ class (§5.3). The headline "OOD average" is the mean over the non-ID sets.
 Module interface: :class:`SubsetAccuracy` (a torchmetrics ``Metric``), one per
 set, built by :meth:`EvalSet.metric` or :func:`make_test_metrics`.
 Functional interface: :func:`restrict_logits`, :func:`project_logits`,
-:func:`top1_correct`, :func:`ood_average`.
+:func:`top1_correct`, :func:`topk_correct`, :func:`ood_average`.
+
+Top-5 accuracy counts a sample as correct when a target class is among the five
+highest logits of the set's classes; it is reported only for sets with more than
+five classes (with five or fewer it is 1 by construction).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,8 @@ __all__ = (
     "restrict_logits",
     "results_table",
     "top1_correct",
+    "top_k_average",
+    "topk_correct",
     "write_results",
 )
 
@@ -149,6 +155,38 @@ def top1_correct(logits: Tensor, target: Tensor, class_subset: Tensor | None = N
     return pred == target
 
 
+def topk_correct(
+    logits: Tensor, target: Tensor, k: int, class_subset: Tensor | None = None
+) -> Tensor:
+    """Per-sample top-``k`` correctness, ranking only the classes of ``class_subset``.
+
+    Args:
+        logits: ``(B, C)`` logits.
+        target: ``(B,)`` class indices, or ``(B, C)`` multi-hot (correct when any
+            marked class is among the ``k`` best).
+        k: How many of the highest-scoring allowed classes count.
+        class_subset: ``(K,)`` allowed class indices, or ``None`` for all; ``k`` must
+            not exceed their number.
+
+    Returns:
+        ``(B,)`` bool.
+
+    Example:
+        >>> logits = torch.tensor([[5.0, 4.0, 1.0, 2.0], [0.0, 3.0, 1.0, 2.0]])
+        >>> topk_correct(logits, torch.tensor([3, 0]), 2)
+        tensor([False, False])
+        >>> topk_correct(logits, torch.tensor([3, 0]), 2, torch.tensor([0, 2, 3]))
+        tensor([True, True])
+    """
+    allowed = logits.shape[-1] if class_subset is None else int(class_subset.numel())
+    if not 0 < k <= allowed:
+        raise ValueError(f"k must be in [1, {allowed}] (the number of allowed classes), got {k}")
+    pred = restrict_logits(logits, class_subset).topk(k, dim=-1).indices  # (B, k)
+    if target.ndim == 2:
+        return (target.gather(1, pred) != 0).any(dim=1)
+    return (pred == target[:, None]).any(dim=1)
+
+
 class SubsetAccuracy(Metric):
     """Top-1 accuracy over a class subset, with single- or multi-label targets.
 
@@ -156,10 +194,16 @@ class SubsetAccuracy(Metric):
     minimum and takes the argmax (Xiao et al., CVPR 2023, arXiv:2303.03052;
     reference notes §5.4); this is the same prediction.
 
+    :meth:`compute` returns top-1 accuracy (what is logged and drives checkpoint
+    selection); the same updates also count top-``top_k`` hits, read with
+    :meth:`compute_top_k`.
+
     Args:
         num_classes: Width ``C`` of the logits.
         class_subset: Sorted ``(K,)`` allowed class indices, or ``None`` for all.
         multi_label: Targets are ``(B, C)`` multi-hot instead of ``(B,)`` indices.
+        top_k: The ``k`` of :meth:`compute_top_k` (5); counted only when the set has
+            more than ``k`` allowed classes.
 
     Example:
         >>> m = SubsetAccuracy(3, torch.tensor([1, 2]))
@@ -173,6 +217,7 @@ class SubsetAccuracy(Metric):
     full_state_update = False
 
     correct: Tensor
+    correct_top_k: Tensor
     total: Tensor
     allowed: Tensor
 
@@ -181,11 +226,15 @@ class SubsetAccuracy(Metric):
         num_classes: int = 1000,
         class_subset: Tensor | Sequence[int] | None = None,
         multi_label: bool = False,
+        top_k: int = 5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.num_classes = num_classes
         self.multi_label = multi_label
+        self.top_k = top_k
         allowed = torch.ones(num_classes, dtype=torch.bool)
         self.class_subset: Tensor | None = None
         if class_subset is not None:
@@ -197,7 +246,13 @@ class SubsetAccuracy(Metric):
             self.class_subset = sub
         self.register_buffer("allowed", allowed, persistent=False)
         self.add_state("correct", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("correct_top_k", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    @property
+    def has_top_k(self) -> bool:
+        """Whether top-``k`` is meaningful: the set has more than ``top_k`` classes."""
+        return int(self.allowed.sum()) > self.top_k
 
     def update(self, logits: Tensor, target: Tensor) -> None:
         """Accumulate a batch.
@@ -226,15 +281,28 @@ class SubsetAccuracy(Metric):
             reachable = self.allowed[target]
         if not bool(reachable.all()):
             raise ValueError("a target class lies outside this set's class subset")
-        ok = top1_correct(logits.masked_fill(~self.allowed, -math.inf), target)
+        restricted = logits.masked_fill(~self.allowed, -math.inf)
+        ok = top1_correct(restricted, target)
         self.correct += ok.sum()
+        if self.has_top_k:
+            self.correct_top_k += topk_correct(restricted, target, self.top_k).sum()
         self.total += b
 
     def compute(self) -> Tensor:
-        """Return accuracy in ``[0, 1]`` (``nan`` before any update)."""
+        """Return top-1 accuracy in ``[0, 1]`` (``nan`` before any update)."""
         if int(self.total) == 0:
             return torch.tensor(float("nan"))
         return self.correct.float() / self.total
+
+    def compute_top_k(self) -> Tensor:
+        """Return top-``top_k`` accuracy in ``[0, 1]``, summed over processes under DDP.
+
+        ``nan`` before any update or when the set has ``top_k`` classes or fewer.
+        """
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn):
+            if int(self.total) == 0 or not self.has_top_k:
+                return torch.tensor(float("nan"))
+            return self.correct_top_k.float() / self.total
 
 
 def describe_test_sets(datamodule: Any, num_classes: int) -> list[EvalSet]:
@@ -297,12 +365,32 @@ def _id_name(eval_sets: Sequence[EvalSet] | None, default: str) -> str:
     return default
 
 
+def top_k_average(top_k: Mapping[str, float], names: Iterable[str], id_name: str) -> float:
+    """OOD average of top-``k`` accuracy, when every OOD set has one.
+
+    Args:
+        top_k: Set name → top-``k`` accuracy (sets without one are absent).
+        names: Every evaluated set name (a results mapping works too); all but
+            ``id_name`` (and the OOD-average key) are OOD sets.
+        id_name: Name of the in-distribution set.
+
+    Returns:
+        The mean over the OOD sets, or ``nan`` if one of them has no top-``k``
+        value or there is no OOD set.
+    """
+    ood = [k for k in names if k not in (id_name, OOD_AVG)]
+    if not ood or any(k not in top_k for k in ood):
+        return float("nan")
+    return sum(top_k[k] for k in ood) / len(ood)
+
+
 def _rows(
     results: Mapping[str, float],
     eval_sets: Sequence[EvalSet] | None,
     skipped: Mapping[str, Sequence[str]] | None,
     id_name: str,
     scored: Mapping[str, int] | None = None,
+    top5: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     by_name = {s.name: s for s in eval_sets or ()}
     names = [s.name for s in eval_sets or () if s.name in results]
@@ -327,6 +415,7 @@ def _rows(
             {
                 "set": n,
                 "acc1": float(results[n]),
+                "acc5": None if top5 is None or n not in top5 else float(top5[n]),
                 "role": "id" if n == id_name else "ood",
                 "num_samples": found,
                 "scored": count,
@@ -344,8 +433,9 @@ def results_table(
     eval_sets: Sequence[EvalSet] | None = None,
     skipped: Mapping[str, Sequence[str]] | None = None,
     id_name: str = "imagenet",
-    title: str = "Top-1 accuracy (%)",
+    title: str = "Accuracy (%)",
     scored: Mapping[str, int] | None = None,
+    top5: Mapping[str, float] | None = None,
 ) -> Table:
     """Render per-set accuracies and the OOD average as a rich table.
 
@@ -353,13 +443,15 @@ def results_table(
     number from an incomplete set is never shown bare.
 
     Args:
-        results: Set name → accuracy in ``[0, 1]``.
+        results: Set name → top-1 accuracy in ``[0, 1]``.
         eval_sets: The datamodule's :attr:`eval_sets` (for counts and flags).
         skipped: Set name → skipped image paths (``datamodule.skipped_images()``).
         id_name: Name of the ID set when ``eval_sets`` doesn't say.
         title: Table title.
         scored: Set name → number of images scored (the fine-tuner's
             ``test_counts``); default: images found minus images skipped.
+        top5: Set name → top-5 accuracy; adds a "Top-5" column ("-" for sets
+            without one, i.e. with five classes or fewer).
 
     Returns:
         The table (print it with ``rich.console.Console().print``).
@@ -368,18 +460,27 @@ def results_table(
     table = Table(title=title)
     table.add_column("Set")
     table.add_column("Top-1", justify="right")
+    if top5 is not None:
+        table.add_column("Top-5", justify="right")
     table.add_column("Images", justify="right")
     table.add_column("Warning")
-    for r in _rows(results, eval_sets, skipped, id_name, scored):
+
+    def pct(value: float | None) -> list[str]:
+        if top5 is None:
+            return []
+        return ["-" if value is None or math.isnan(value) else f"{100 * value:.2f}"]
+
+    for r in _rows(results, eval_sets, skipped, id_name, scored, top5):
         n, e = r["scored"], r["expected_samples"]
         count = "" if n is None else f"{n:,}" + ("" if e is None else f" / {e:,}")
         name = r["set"] + (" (ID)" if r["role"] == "id" else "")
         warn = f"[bold red]{r['note']}[/]" if r["note"] else ""
-        table.add_row(name, f"{100 * r['acc1']:.2f}", count, warn)
+        table.add_row(name, f"{100 * r['acc1']:.2f}", *pct(r["acc5"]), count, warn)
     avg = ood_average(results, id_name)
     if not math.isnan(avg):
         table.add_section()
-        table.add_row("OOD average", f"{100 * avg:.2f}", "", "")
+        avg5 = top_k_average(top5 or {}, results, id_name)
+        table.add_row("OOD average", f"{100 * avg:.2f}", *pct(avg5), "", "")
     return table
 
 
@@ -391,24 +492,28 @@ def write_results(
     id_name: str = "imagenet",
     stem: str = "results",
     scored: Mapping[str, int] | None = None,
+    top5: Mapping[str, float] | None = None,
 ) -> tuple[Path, Path]:
     """Write the results as ``<stem>.json`` and ``<stem>.csv`` in ``directory``.
 
-    The JSON holds ``{"acc1": {set: acc}, "ood_avg": …, "sets": [row, …],
-    "warnings": [...], "skipped": {set: [paths]}}``; the CSV has one row per set
-    plus an ``ood_avg`` row, with columns ``set, role, acc1, num_samples, scored,
-    expected_samples, truncated, skipped, note`` (``num_samples`` images were found,
-    ``scored`` were scored, ``skipped`` could not be decoded). Accuracies are in
-    ``[0, 1]``.
+    The JSON holds ``{"acc1": {set: acc}, "ood_avg": …, "acc5": {set: acc or
+    null}, "ood_avg_acc5": …, "sets": [row, …], "warnings": [...], "skipped":
+    {set: [paths]}}``; the CSV has one row per set plus an ``ood_avg`` row, with
+    columns ``set, role, acc1, acc5, num_samples, scored, expected_samples,
+    truncated, skipped, note`` (``num_samples`` images were found, ``scored`` were
+    scored, ``skipped`` could not be decoded). Accuracies are in ``[0, 1]``; top-5 is
+    empty (``null``) for sets with five classes or fewer, and its OOD average needs
+    every OOD set.
 
     Args:
-        results: Set name → accuracy in ``[0, 1]``.
+        results: Set name → top-1 accuracy in ``[0, 1]``.
         directory: Output directory (created if needed).
         eval_sets: The datamodule's :attr:`eval_sets`.
         skipped: Set name → skipped image paths.
         id_name: Name of the ID set when ``eval_sets`` doesn't say.
         stem: File name without suffix.
         scored: Set name → number of images scored (default: found minus skipped).
+        top5: Set name → top-5 accuracy in ``[0, 1]``.
 
     Returns:
         Paths of the JSON and CSV files.
@@ -416,11 +521,14 @@ def write_results(
     id_name = _id_name(eval_sets, id_name)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    rows = _rows(results, eval_sets, skipped, id_name, scored)
+    rows = _rows(results, eval_sets, skipped, id_name, scored, top5)
     avg = ood_average(results, id_name)
+    avg5 = top_k_average(top5 or {}, results, id_name)
     payload = {
         "acc1": {r["set"]: r["acc1"] for r in rows},
         OOD_AVG: None if math.isnan(avg) else avg,
+        "acc5": {r["set"]: r["acc5"] for r in rows},
+        f"{OOD_AVG}_acc5": None if math.isnan(avg5) else avg5,
         "id_set": id_name,
         "sets": rows,
         "warnings": [f"{r['set']}: {r['note']}" for r in rows if r["note"]],
@@ -429,7 +537,8 @@ def write_results(
     json_path, csv_path = out / f"{stem}.json", out / f"{stem}.csv"
     json_path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     fields = [
-        "set", "role", "acc1", "num_samples", "scored", "expected_samples", "truncated", "skipped"
+        "set", "role", "acc1", "acc5", "num_samples", "scored", "expected_samples", "truncated",
+        "skipped",
     ]  # fmt: skip
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=[*fields, "note"])
@@ -437,5 +546,12 @@ def write_results(
         for r in rows:
             w.writerow({k: ("" if r[k] is None else r[k]) for k in [*fields, "note"]})
         if not math.isnan(avg):
-            w.writerow({"set": OOD_AVG, "role": "ood", "acc1": avg})
+            w.writerow(
+                {
+                    "set": OOD_AVG,
+                    "role": "ood",
+                    "acc1": avg,
+                    "acc5": "" if math.isnan(avg5) else avg5,
+                }
+            )
     return json_path, csv_path
