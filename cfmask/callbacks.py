@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from rich.console import Console
+from torch import Tensor
 
 from cfmask.metrics import (
     OOD_AVG,
@@ -18,7 +22,7 @@ from cfmask.metrics import (
     write_results,
 )
 
-__all__ = ("TestResultsReport",)
+__all__ = ("CounterfactualImageLogger", "TestResultsReport")
 
 
 class TestResultsReport(pl.Callback):
@@ -96,3 +100,115 @@ def _top5_results(eval_sets: Sequence[EvalSet], metrics: Sequence[Any]) -> dict[
             if not math.isnan(value):
                 out[s.name] = value
     return out
+
+
+class CounterfactualImageLogger(pl.Callback):
+    """Log, every ``every_n_steps`` optimiser steps, a picture of the counterfactual objective.
+
+    The picture (:func:`~cfmask.visualization.counterfactual_grid`) has one column per
+    image of a fixed batch (the first ``num_images`` images of the first training
+    batch) and one row each for the images, their relevance maps (when the fine-tuner
+    has a relevance map), the masked patches and the counterfactual images, computed
+    with the model as it is at that step. It is what to look at when a masking run
+    behaves oddly: masks that cover the background instead of the object, relevance
+    that collapses, refills that leave the object visible.
+
+    It is written to every :class:`~lightning.pytorch.loggers.TensorBoardLogger` of
+    the trainer (the default logger) under ``tag``, on global rank 0. The random
+    draws of maskers and refillers run on a forked RNG, so a run with this callback
+    trains exactly as one without it.
+
+    Args:
+        every_n_steps: Log at optimiser steps ``0, n, 2n, ...``.
+        num_images: Images in the fixed batch (at least 2: refills take patches from
+            other images of the batch).
+        tag: TensorBoard image tag.
+    """
+
+    def __init__(
+        self, every_n_steps: int = 500, num_images: int = 8, tag: str = "train/counterfactuals"
+    ) -> None:
+        super().__init__()
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if num_images < 2:
+            raise ValueError(
+                f"num_images must be >= 2 (refills take patches from other images), got "
+                f"{num_images}"
+            )
+        self.every_n_steps = every_n_steps
+        self.num_images = num_images
+        self.tag = tag
+        self._batch: tuple[Tensor, Tensor] | None = None
+        self._last_step = -1
+        self._warned = False
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Keep the fixed batch; log the picture when a logging step starts."""
+        if batch is None:
+            return
+        if self._batch is None:
+            images, targets = batch[0], batch[1]
+            n = min(self.num_images, images.shape[0])
+            self._batch = (images[:n].detach().cpu(), targets[:n].detach().cpu())
+        step = trainer.global_step
+        if step % self.every_n_steps or step == self._last_step or not trainer.is_global_zero:
+            return
+        self._last_step = step
+        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not writers:
+            if not self._warned:
+                warnings.warn(
+                    "CounterfactualImageLogger writes to TensorBoard, but the trainer has no "
+                    "TensorBoardLogger; set trainer.logger to one (the default when logger "
+                    "is not disabled).",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                self._warned = True
+            return
+        grid = self.picture(pl_module)
+        for writer in writers:
+            writer.add_image(self.tag, grid, global_step=step)
+
+    def picture(self, pl_module: pl.LightningModule) -> Tensor:
+        """The grid of the fixed batch for the module's current weights.
+
+        Args:
+            pl_module: A :class:`~cfmask.CounterfactualFineTuner`.
+
+        Returns:
+            ``(3, H', W')`` image in ``[0, 1]``.
+        """
+        from cfmask.finetuner import INITIAL_TEACHER, CounterfactualFineTuner
+        from cfmask.masking.base import Counterfactual
+        from cfmask.visualization import counterfactual_grid
+
+        if not isinstance(pl_module, CounterfactualFineTuner):
+            raise TypeError(
+                f"CounterfactualImageLogger needs a CounterfactualFineTuner, got "
+                f"{type(pl_module).__name__}"
+            )
+        if self._batch is None:
+            raise RuntimeError("no training batch seen yet")
+        images, targets = (t.to(pl_module.device) for t in self._batch)
+        student = pl_module.student
+        grid_size, patch_size = student.grid_size, student.patch_size
+        devices = [pl_module.device.index or 0] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            scores = None
+            if pl_module.relevance is not None:
+                source = (
+                    student
+                    if pl_module.hparams["relevance_source"] == "student"
+                    else pl_module.teachers[INITIAL_TEACHER]
+                )
+                scores = pl_module.relevance(source, images, targets)
+            mask = None
+            cf = Counterfactual(images)
+            if pl_module.masker is not None and pl_module.refiller is not None:
+                mask = pl_module.masker(scores, images.shape[0], grid_size, images.device)
+                cf = pl_module.refiller(images, mask, patch_size)
+        return counterfactual_grid(images, mask, cf, grid_size, patch_size, scores=scores)
