@@ -173,9 +173,9 @@ def topk_correct(
 
     Example:
         >>> logits = torch.tensor([[5.0, 4.0, 1.0, 2.0], [0.0, 3.0, 1.0, 2.0]])
-        >>> topk_correct(logits, torch.tensor([3, 0]), 2)
+        >>> topk_correct(logits, torch.tensor([3, 2]), 2)
         tensor([False, False])
-        >>> topk_correct(logits, torch.tensor([3, 0]), 2, torch.tensor([0, 2, 3]))
+        >>> topk_correct(logits, torch.tensor([3, 2]), 2, torch.tensor([0, 2, 3]))
         tensor([True, True])
     """
     allowed = logits.shape[-1] if class_subset is None else int(class_subset.numel())
