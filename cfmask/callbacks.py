@@ -109,7 +109,9 @@ class CounterfactualImageLogger(pl.Callback):
     image of a fixed batch (the first ``num_images`` images of the first training
     batch) and one row each for the images, their relevance maps (when the fine-tuner
     has a relevance map), the masked patches and the counterfactual images, computed
-    with the model as it is at that step. It is what to look at when a masking run
+    with the model as it is at that step by the fine-tuner's
+    :class:`~cfmask.objective.CounterfactualObjective` (its relevance map and
+    :meth:`~cfmask.objective.CounterfactualObjective.make_counterfactual`). It is what to look at when a masking run
     behaves oddly: masks that cover the background instead of the object, relevance
     that collapses, refills that leave the object visible.
 
@@ -182,8 +184,8 @@ class CounterfactualImageLogger(pl.Callback):
         Returns:
             ``(3, H', W')`` image in ``[0, 1]``.
         """
-        from cfmask.finetuner import INITIAL_TEACHER, CounterfactualFineTuner
-        from cfmask.masking.base import Counterfactual
+        from cfmask.finetuner import CounterfactualFineTuner
+        from cfmask.objective import INITIAL_TEACHER
         from cfmask.visualization import counterfactual_grid
 
         if not isinstance(pl_module, CounterfactualFineTuner):
@@ -193,22 +195,19 @@ class CounterfactualImageLogger(pl.Callback):
             )
         if self._batch is None:
             raise RuntimeError("no training batch seen yet")
+        objective = pl_module.objective
         images, targets = (t.to(pl_module.device) for t in self._batch)
-        student = pl_module.student
+        student = objective.student
         grid_size, patch_size = student.grid_size, student.patch_size
         devices = [pl_module.device.index or 0] if pl_module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             scores = None
-            if pl_module.relevance is not None:
+            if objective.relevance is not None:
                 source = (
                     student
-                    if pl_module.hparams["relevance_source"] == "student"
-                    else pl_module.teachers[INITIAL_TEACHER]
+                    if objective.relevance_source == "student"
+                    else objective.teachers[INITIAL_TEACHER]
                 )
-                scores = pl_module.relevance(source, images, targets)
-            mask = None
-            cf = Counterfactual(images)
-            if pl_module.masker is not None and pl_module.refiller is not None:
-                mask = pl_module.masker(scores, images.shape[0], grid_size, images.device)
-                cf = pl_module.refiller(images, mask, patch_size)
+                scores = objective.relevance(source, images, targets)
+            cf, mask = objective.make_counterfactual(images, targets, scores=scores)
         return counterfactual_grid(images, mask, cf, grid_size, patch_size, scores=scores)
