@@ -111,9 +111,10 @@ class CounterfactualImageLogger(pl.Callback):
     has a relevance map), the masked patches and the counterfactual images, computed
     with the model as it is at that step by the fine-tuner's
     :class:`~cfmask.objective.CounterfactualObjective` (its relevance map and
-    :meth:`~cfmask.objective.CounterfactualObjective.make_counterfactual`). It is what to look at when a masking run
-    behaves oddly: masks that cover the background instead of the object, relevance
-    that collapses, refills that leave the object visible.
+    :meth:`~cfmask.objective.CounterfactualObjective.make_counterfactual`). It is
+    what to look at when a masking run behaves oddly: masks that cover the
+    background instead of the object, relevance that collapses, refills that leave
+    the object visible.
 
     It is written to every :class:`~lightning.pytorch.loggers.TensorBoardLogger` of
     the trainer (the default logger) under ``tag``, on global rank 0. The random
