@@ -292,15 +292,22 @@ class CounterfactualFineTuner(pl.LightningModule):
             )
         names = [str(n) for n in names]
         strategy = self.trainer.strategy
+        if type(getattr(strategy, "launcher", None)).__name__ == "_MultiProcessingLauncher":
+            raise ValueError(
+                f"class_names: datamodule cannot be used with the {type(strategy).__name__} "
+                "strategy's spawned or forked workers (ddp_spawn, ddp_fork, ddp_notebook): "
+                "the main process, which gets the trained weights back, never sees the "
+                "datamodule. Use strategy: ddp (every process runs setup) or list the class "
+                "names in the backbone's class_names."
+            )
         weight: Tensor | None = None
         if self.trainer.is_global_zero:
             weight = self.student.zero_shot_weight(
                 names, device=strategy.root_device, progress=True
             )
         weight = strategy.broadcast(weight, src=0)
-        teachers: list[VisionBackbone] = list(self.teachers.values())  # type: ignore[arg-type]
-        for module in (self.student, *teachers):
-            module.set_class_names(names, weight)
+        assert weight is not None
+        self._install_heads(names, weight)
         init_weights = self.hparams["init_weights"]
         if init_weights is not None:
             load_weights_into(self.student, init_weights, "init_weights")
@@ -311,6 +318,14 @@ class CounterfactualFineTuner(pl.LightningModule):
             if term.teacher is not None:
                 teacher: VisionBackbone = self.teachers[teacher_key(term.teacher)]  # type: ignore[assignment]
                 load_weights_into(teacher, term.teacher, "teacher")
+        self.teachers.requires_grad_(False)
+        self.teachers.eval()
+
+    def _install_heads(self, names: list[str], weight: Tensor) -> None:
+        """Give the student and every teacher the head ``weight`` for ``names``."""
+        teachers: list[VisionBackbone] = list(self.teachers.values())  # type: ignore[arg-type]
+        for module in (self.student, *teachers):
+            module.set_class_names(names, weight)
         self.teachers.requires_grad_(False)
         self.teachers.eval()
         self.hparams["backbone"] = self.student.config()

@@ -227,3 +227,58 @@ def test_cli_fit_and_test_with_the_image_folder_recipe(tmp_path):
     main(["test", *stack, f"--ckpt_path={ckpt}"])
     (results,) = (tmp_path / "run").rglob("results.json")
     assert set(yaml.safe_load(results.read_text())["acc1"]) == {"my_dataset", "sketches", "night"}
+
+
+def _fake_rank(model, rank: int, dm, sent: list, received):
+    from types import SimpleNamespace
+
+    def broadcast(obj, src=0):
+        assert src == 0
+        sent.append(obj)
+        return received if rank else obj
+
+    strategy = SimpleNamespace(root_device=torch.device("cpu"), broadcast=broadcast)
+    model._trainer = SimpleNamespace(is_global_zero=rank == 0, strategy=strategy, datamodule=dm)
+
+
+def test_under_ddp_only_rank_zero_encodes_and_the_others_take_its_weight(tmp_path, monkeypatch):
+    _clip_file(tmp_path / "clip.pt")
+    dm = ImageFolderDataModule(root=str(_tree(tmp_path)), image_size=32, num_workers=0)
+    calls = []
+    original = OpenCLIPViT.zero_shot_weight
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs.get("device"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(OpenCLIPViT, "zero_shot_weight", counting)
+    rank0 = CounterfactualFineTuner(_backbone(tmp_path, tmp_path / "clip.pt"))
+    sent: list = []
+    _fake_rank(rank0, 0, dm, sent, None)
+    rank0.setup("test")
+    assert calls == [torch.device("cpu")] and sent[0].shape == (3, 32)
+
+    rank1 = CounterfactualFineTuner(_backbone(tmp_path, tmp_path / "clip.pt"))
+    from_rank0 = sent[0]
+    sent.clear()
+    _fake_rank(rank1, 1, dm, sent, from_rank0)
+    rank1.setup("test")
+    assert calls == [torch.device("cpu")]  # rank 1 never ran the text tower
+    assert sent == [None]
+    torch.testing.assert_close(rank1.student.head.weight, from_rank0)
+    torch.testing.assert_close(rank1.teachers["initial"].head.weight, from_rank0)
+
+
+def test_spawned_workers_are_refused_before_training(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    _clip_file(tmp_path / "clip.pt")
+    dm = ImageFolderDataModule(root=str(_tree(tmp_path)), image_size=32, num_workers=0)
+    model = CounterfactualFineTuner(_backbone(tmp_path, tmp_path / "clip.pt"))
+    launcher = _MultiProcessingLauncher.__new__(_MultiProcessingLauncher)
+    strategy = SimpleNamespace(launcher=launcher, root_device=torch.device("cpu"))
+    model._trainer = SimpleNamespace(is_global_zero=True, strategy=strategy, datamodule=dm)
+    with pytest.raises(ValueError, match="strategy: ddp"):
+        model.setup("fit")
