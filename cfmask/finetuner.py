@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
@@ -343,7 +344,7 @@ class CounterfactualFineTuner(pl.LightningModule):
             int(trainer.accumulate_grad_batches),
         )
         if message is not None:
-            warnings.warn(message, UserWarning, stacklevel=2)
+            rank_zero_warn(message, category=UserWarning)
 
     def on_fit_start(self) -> None:
         """Silence Lightning's eval-mode warning when it would only list the frozen teachers."""
