@@ -168,8 +168,8 @@ class OpenCLIPViT(VisionBackbone):
             self._text = _TextTower(clip, cfg_quick)
             self.head = ZeroShotHead(torch.zeros(0, int(visual.output_dim)))
         else:
-            names = list(class_names or open_clip.IMAGENET_CLASSNAMES)
-            unit = self._class_embeddings(clip, names, self._templates(), cfg_quick)
+            names = list(open_clip.IMAGENET_CLASSNAMES if class_names is None else class_names)
+            unit = self._class_embeddings(clip, names, self._templates(), cfg_quick, progress=True)
             self.head = ZeroShotHead(unit * self._logit_scale)
         del clip  # the text tower and logit scale are not part of this module
 

@@ -16,6 +16,7 @@ from PIL import Image
 from cfmask import CounterfactualFineTuner
 from cfmask.backbones import OpenCLIPViT
 from cfmask.data import ImageFolderDataModule
+from cfmask.losses import FeatureDistillationLoss, LogitDistillationLoss
 
 CFG: dict[str, Any] = {
     "embed_dim": 32,
@@ -111,7 +112,7 @@ def test_checkpoint_of_a_datamodule_head_rebuilds_without_the_datamodule(tmp_pat
     torch.testing.assert_close(again(images), model.cpu()(images))
 
 
-def test_init_weights_are_loaded_after_the_deferred_head(tmp_path):
+def test_init_weights_and_teachers_are_loaded_after_the_deferred_head(tmp_path):
     _clip_file(tmp_path / "clip.pt")
     names = ["red fox", "tabby cat", "zebra"]
     probe = OpenCLIPViT(
@@ -128,14 +129,24 @@ def test_init_weights_are_loaded_after_the_deferred_head(tmp_path):
     dm = ImageFolderDataModule(
         root=str(_tree(tmp_path)), image_size=32, batch_size=2, num_workers=0, val_size=3
     )
+    with torch.no_grad():
+        probe.head.bias.fill_(-0.5)
+    torch.save(probe.state_dict(), tmp_path / "wise.pt")
     model = CounterfactualFineTuner(
         _backbone(tmp_path, tmp_path / "clip.pt"),
         init_weights=str(tmp_path / "probe.pt"),
+        distillation=[
+            FeatureDistillationLoss(),
+            LogitDistillationLoss(teacher=str(tmp_path / "wise.pt")),
+        ],
         lr=1e-12,
         warmup_steps=1,
     )
     _trainer(tmp_path).fit(model, datamodule=dm)
-    assert torch.allclose(model.teachers["initial"].head.bias, torch.full((3,), 0.25))
+    teachers = dict(model.teachers.items())
+    (wise_key,) = [k for k in teachers if k != "initial"]
+    assert torch.allclose(teachers["initial"].head.bias, torch.full((3,), 0.25))
+    assert torch.allclose(teachers[wise_key].head.bias, torch.full((3,), -0.5))
     assert not any(p.requires_grad for p in model.teachers.parameters())
 
 
