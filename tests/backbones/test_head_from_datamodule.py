@@ -164,6 +164,8 @@ def test_deferred_head_refuses_to_classify_before_it_is_built(tmp_path):
 def test_a_class_names_string_other_than_datamodule_is_refused(tmp_path):
     with pytest.raises(ValueError, match="'datamodule'"):
         OpenCLIPViT("tiny-clip", model_cfg=copy.deepcopy(CFG), class_names="cats")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="class_names is empty"):
+        OpenCLIPViT("tiny-clip", model_cfg=copy.deepcopy(CFG), class_names=[])
 
 
 def test_datamodule_without_class_names_is_a_clear_error(tmp_path):
