@@ -85,7 +85,7 @@ def build_zero_shot_weights(
         batch_size: Prompts per text-encoder call.
         device: Device the token ids are moved to before encoding (the text
             encoder's); ``None`` leaves them where the tokenizer puts them.
-        progress: Show a progress bar (rich) over the prompt batches.
+        progress: Show a progress bar (rich, on stderr) over the prompt batches.
 
     Returns:
         ``(K, D)`` float weight, on the CPU.
@@ -128,8 +128,10 @@ def _progress(show: bool, steps: int, num_classes: int) -> Iterator[Callable[[],
     if not show:
         yield lambda: None
         return
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    # on stderr, so that programs printing results to stdout (JSON lines) stay parseable
+    with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(f"zero-shot head: {num_classes} classes", total=steps)
         yield lambda: bar.advance(task)
