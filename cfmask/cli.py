@@ -41,7 +41,11 @@ from cfmask.commands import (
     run_command,
     suggest,
 )
-from cfmask.finetuner import CounterfactualFineTuner, _without_memory_options
+from cfmask.finetuner import (
+    CounterfactualFineTuner,
+    _without_memory_options,
+    with_saved_class_names,
+)
 
 __all__ = (
     "CfmaskCLI",
@@ -248,6 +252,7 @@ def reconcile_model_config(
         mine, theirs = configured.get(name), checkpoint.get(name)
         if name == "backbone" and isinstance(mine, Mapping) and isinstance(theirs, Mapping):
             mine, theirs = _without_memory_options(mine), _without_memory_options(theirs)
+            mine = with_saved_class_names(mine, theirs)
         if _normalise(mine) == _normalise(theirs):
             continue
         default = defaults.get(name, _missing)

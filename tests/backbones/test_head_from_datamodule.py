@@ -240,6 +240,10 @@ def test_cli_fit_and_test_with_the_image_folder_recipe(tmp_path):
     main(["test", *stack, f"--ckpt_path={ckpt}"])
     (results,) = (tmp_path / "run").rglob("results.json")
     assert set(yaml.safe_load(results.read_text())["acc1"]) == {"my_dataset", "sketches", "night"}
+    # other class names in the datamodule than in the checkpoint: refused
+    renamed = ["--data.init_args.class_names=[fox, cat, horse]", f"--ckpt_path={ckpt}"]
+    with pytest.raises(ValueError, match="trained with the backbone"):
+        main(["test", *stack, *renamed])
 
 
 def _fake_rank(model, rank: int, dm, sent: list, received):
@@ -250,7 +254,9 @@ def _fake_rank(model, rank: int, dm, sent: list, received):
         sent.append(obj)
         return received if rank else obj
 
-    strategy = SimpleNamespace(root_device=torch.device("cpu"), broadcast=broadcast)
+    strategy = SimpleNamespace(
+        root_device=torch.device("cpu"), broadcast=broadcast, checkpoint_io=None
+    )
     model._trainer = SimpleNamespace(is_global_zero=rank == 0, strategy=strategy, datamodule=dm)
 
 
@@ -291,7 +297,9 @@ def test_spawned_workers_are_refused_before_training(tmp_path):
     dm = ImageFolderDataModule(root=str(_tree(tmp_path)), image_size=32, num_workers=0)
     model = CounterfactualFineTuner(_backbone(tmp_path, tmp_path / "clip.pt"))
     launcher = _MultiProcessingLauncher.__new__(_MultiProcessingLauncher)
-    strategy = SimpleNamespace(launcher=launcher, root_device=torch.device("cpu"))
+    strategy = SimpleNamespace(
+        launcher=launcher, root_device=torch.device("cpu"), checkpoint_io=None
+    )
     model._trainer = SimpleNamespace(is_global_zero=True, strategy=strategy, datamodule=dm)
     with pytest.raises(ValueError, match="strategy: ddp"):
         model.setup("fit")
