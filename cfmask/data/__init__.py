@@ -28,6 +28,7 @@ from cfmask.data.imagenet import (
     imagenet_r_wnids,
     imagenet_wnids,
 )
+from cfmask.data.loading import LoaderConfig
 from cfmask.data.ood import (
     ImageNetA,
     ImageNetR,
@@ -66,6 +67,7 @@ __all__ = (
     "ImageNetR",
     "ImageNetSketch",
     "ImageNetV2",
+    "LoaderConfig",
     "ObjectNet",
     "SubsetAccuracy",
     "TruncatedDatasetWarning",

@@ -10,6 +10,7 @@ in :attr:`eval_sets` (index ``i`` describes ``dataloader_idx == i``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -29,14 +30,13 @@ from cfmask.data.folder import (
     DataLayoutWarning,
     FolderImageDataset,
     SkipLog,
-    collate_skipping,
     has_images,
     list_class_folders,
     list_images,
 )
 from cfmask.data.imagenet import ImageNet, imagenet_class_names
+from cfmask.data.loading import LoaderConfig, build_loader
 from cfmask.data.ood import ImageNetA, ImageNetR, ImageNetSketch, ImageNetV2, ObjectNet
-from cfmask.data.resumable import ResumableDataLoader
 from cfmask.data.transforms import eval_transform, train_transform
 from cfmask.metrics import EvalSet
 
@@ -200,61 +200,87 @@ def _subset(
     )
 
 
-def _eval_generator() -> torch.Generator:
-    """A private generator for an evaluation loader.
-
-    A ``DataLoader`` draws a seed for its workers each time it is iterated; from
-    this generator rather than torch's global one, so evaluating never shifts the
-    random numbers training draws (and a resumed run matches an uninterrupted one).
-    """
-    return torch.Generator().manual_seed(0)
-
-
 class _ImageDataModule(LightningDataModule):
     """Loader policy, caching and eval-set bookkeeping shared by both datamodules."""
 
     id_name: str
 
-    def __init__(
-        self,
-        batch_size: int,
-        eval_batch_size: int | None,
-        num_workers: int | None,
-        image_size: int,
-        interpolation: str,
-        augment: bool,
-        pin_memory: bool | None,
-        persistent_workers: bool | None,
-        skip_corrupt: bool,
-        cache_dir: str | None,
-    ) -> None:
+    def __init__(self, loader_config: LoaderConfig) -> None:
         super().__init__()
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        if num_workers is None:
-            num_workers = min(
-                8,
-                len(os.sched_getaffinity(0))
-                if hasattr(os, "sched_getaffinity")
-                else (os.cpu_count() or 1),
-            )
-        self.num_workers = num_workers
-        self.image_size = image_size
-        self.interpolation = interpolation
-        self.augment = augment
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers
-        self.skip_corrupt = skip_corrupt
-        self.cache_dir = cache_dir
-        self.train_tf = train_transform(image_size, interpolation, augment)
-        self.eval_tf = eval_transform(image_size, interpolation)
-        self._skip_dir = Path(tempfile.mkdtemp(prefix="cfmask-skipped-")) if skip_corrupt else None
+        self._loader_config = loader_config.resolved()
+        self.train_tf = train_transform(self.image_size, self.interpolation, self.augment)
+        self.eval_tf = eval_transform(self.image_size, self.interpolation)
+        self._skip_dir = (
+            Path(tempfile.mkdtemp(prefix="cfmask-skipped-")) if self.skip_corrupt else None
+        )
         self.train_set: Dataset[Any] | None = None
         self.val_set: Dataset[Any] | None = None
         self.test_sets: dict[str, Dataset[Any]] = {}
         self._eval_sets: dict[str, EvalSet] = {}
+
+    # -- loader settings ----------------------------------------------------------
+    @property
+    def loader_config(self) -> LoaderConfig:
+        """The loader settings, with ``eval_batch_size`` and ``num_workers`` resolved."""
+        return self._loader_config
+
+    @property
+    def batch_size(self) -> int:
+        """Training batch size (settable, e.g. by Lightning's batch-size finder)."""
+        return self._loader_config.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._loader_config = dataclasses.replace(self._loader_config, batch_size=value)
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Validation/test batch size."""
+        size = self._loader_config.eval_batch_size
+        assert size is not None  # resolved in __init__
+        return size
+
+    @property
+    def num_workers(self) -> int:
+        """Loader processes."""
+        workers = self._loader_config.num_workers
+        assert workers is not None  # resolved in __init__
+        return workers
+
+    @property
+    def image_size(self) -> int:
+        """Crop side, in pixels."""
+        return self._loader_config.image_size
+
+    @property
+    def interpolation(self) -> str:
+        """Resize interpolation."""
+        return self._loader_config.interpolation
+
+    @property
+    def augment(self) -> bool:
+        """Whether training images are lightly augmented."""
+        return self._loader_config.augment
+
+    @property
+    def pin_memory(self) -> bool | None:
+        """Pin host memory; ``None`` → on when training on a GPU."""
+        return self._loader_config.pin_memory
+
+    @property
+    def persistent_workers(self) -> bool | None:
+        """Keep workers between epochs; ``None`` → on when training on a GPU."""
+        return self._loader_config.persistent_workers
+
+    @property
+    def skip_corrupt(self) -> bool:
+        """Whether undecodable images are skipped and reported instead of raising."""
+        return self._loader_config.skip_corrupt
+
+    @property
+    def cache_dir(self) -> str | None:
+        """Directory of the crop caches, or ``None``."""
+        return self._loader_config.cache_dir
 
     # -- helpers ------------------------------------------------------------------
     def _skip_log(self, name: str) -> SkipLog | None:
@@ -294,32 +320,7 @@ class _ImageDataModule(LightningDataModule):
         )
 
     def _loader(self, ds: Dataset[Any], train: bool) -> DataLoader[Any]:
-        gpu = self._on_gpu()
-        pin = gpu if self.pin_memory is None else self.pin_memory
-        persist = gpu if self.persistent_workers is None else self.persistent_workers
-        persist = persist and self.num_workers > 0
-        if train:  # resumable in the middle of an epoch (cfmask.data.resumable)
-            return ResumableDataLoader(
-                ds,
-                batch_size=self.batch_size,
-                shuffle=True,
-                drop_last=True,
-                num_workers=self.num_workers,
-                pin_memory=pin,
-                persistent_workers=persist,
-                collate_fn=collate_skipping,
-            )
-        return DataLoader(
-            ds,
-            batch_size=self.eval_batch_size,
-            shuffle=False,
-            drop_last=False,
-            num_workers=self.num_workers,
-            pin_memory=pin,
-            persistent_workers=persist,
-            collate_fn=collate_skipping,
-            generator=_eval_generator(),
-        )
+        return build_loader(ds, self._loader_config, train=train, on_gpu=self._on_gpu())
 
     # -- public API ---------------------------------------------------------------
     @property
@@ -433,16 +434,18 @@ class ImageNetOODDataModule(_ImageDataModule):
         cache_train: bool = False,
     ) -> None:
         super().__init__(
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            image_size,
-            interpolation,
-            augment,
-            pin_memory,
-            persistent_workers,
-            skip_corrupt,
-            cache_dir,
+            LoaderConfig(
+                batch_size=batch_size,
+                eval_batch_size=eval_batch_size,
+                num_workers=num_workers,
+                image_size=image_size,
+                interpolation=interpolation,
+                augment=augment,
+                pin_memory=pin_memory,
+                persistent_workers=persistent_workers,
+                skip_corrupt=skip_corrupt,
+                cache_dir=cache_dir,
+            )
         )
         unknown = [s for s in ood_sets if s not in OOD_SETS]
         if unknown or len(set(ood_sets)) != len(ood_sets):
@@ -671,16 +674,18 @@ class ImageFolderDataModule(_ImageDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__(
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            image_size,
-            interpolation,
-            augment,
-            pin_memory,
-            persistent_workers,
-            skip_corrupt,
-            cache_dir,
+            LoaderConfig(
+                batch_size=batch_size,
+                eval_batch_size=eval_batch_size,
+                num_workers=num_workers,
+                image_size=image_size,
+                interpolation=interpolation,
+                augment=augment,
+                pin_memory=pin_memory,
+                persistent_workers=persistent_workers,
+                skip_corrupt=skip_corrupt,
+                cache_dir=cache_dir,
+            )
         )
         self.root = root
         self.ood_roots = dict(ood_roots or {})
