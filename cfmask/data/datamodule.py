@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from cfmask.data.cache import open_or_build_cache
@@ -37,6 +36,7 @@ from cfmask.data.folder import (
 from cfmask.data.imagenet import ImageNet, imagenet_class_names
 from cfmask.data.loading import LoaderConfig, build_loader
 from cfmask.data.ood import ImageNetA, ImageNetR, ImageNetSketch, ImageNetV2, ObjectNet
+from cfmask.data.splits import carve_subset, stratified_split
 from cfmask.data.transforms import eval_transform, train_transform
 from cfmask.metrics import EvalSet
 
@@ -120,83 +120,6 @@ def resolve_set_root(
         + ", ".join(str(t) for t in tried)
         + ". Nothing is downloaded: place the set there (see docs/data.md) or pass "
         f"{name}_root=."
-    )
-
-
-def stratified_split(labels: Tensor, val_size: int | float, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Split sample indices into train and held-out parts with per-class proportions.
-
-    Each class gets ``floor(n_c * V / N)`` held-out samples; the remaining
-    ``V - sum`` go to the classes with the largest fractional parts (ties broken
-    at random with ``seed``). Within a class the held-out samples are a seeded
-    random choice. Same idea as scikit-learn's stratified ``train_test_split``,
-    but not the same random draw.
-
-    Args:
-        labels: ``(N,)`` integer class of every sample.
-        val_size: Held-out count (``int``) or fraction of ``N`` (``float`` in (0, 1)).
-        seed: Random seed.
-
-    Returns:
-        ``(train_idx, val_idx)``: sorted long tensors that partition ``range(N)``.
-
-    Example:
-        >>> tr, va = stratified_split(torch.tensor([0, 0, 0, 0, 1, 1]), 3, seed=0)
-        >>> len(tr), len(va), torch.bincount(torch.tensor([0, 0, 0, 0, 1, 1])[va]).tolist()
-        (3, 3, [2, 1])
-    """
-    n = int(labels.numel())
-    v = round(val_size * n) if isinstance(val_size, float) else int(val_size)
-    if isinstance(val_size, float) and not 0.0 < val_size < 1.0:
-        raise ValueError(f"a fractional val_size must lie in (0, 1), got {val_size}")
-    if not 0 <= v < n:
-        raise ValueError(f"val_size={val_size} must leave training samples; there are {n}")
-    g = torch.Generator().manual_seed(seed)
-    classes, counts = torch.unique(labels, return_counts=True)
-    quota = counts.double() * v / n
-    base = quota.floor().long()
-    rest = v - int(base.sum())
-    if rest > 0:
-        frac = quota - base.double()
-        tiebreak = torch.rand(len(classes), generator=g, dtype=torch.float64)
-        order = sorted(range(len(classes)), key=lambda i: (-float(frac[i]), float(tiebreak[i])))
-        for i in order[:rest]:
-            base[i] += 1
-    val_parts = []
-    for c, k in zip(classes.tolist(), base.tolist(), strict=True):
-        if k == 0:
-            continue
-        idx = (labels == c).nonzero().squeeze(1)
-        val_parts.append(idx[torch.randperm(len(idx), generator=g)[:k]])
-    val_idx = torch.cat(val_parts).sort().values if val_parts else torch.empty(0, dtype=torch.long)
-    mask = torch.ones(n, dtype=torch.bool)
-    mask[val_idx] = False
-    return mask.nonzero().squeeze(1), val_idx
-
-
-def _subset(
-    ds: FolderImageDataset, name: str, idx: Tensor, transform: Any, skip_log: SkipLog | None
-) -> FolderImageDataset:
-    """A new set over ``ds``'s samples ``idx`` with its own name, transform and skip log.
-
-    Each carved part records its undecodable images in its own log, so a skip is
-    reported against the set whose score it changed.
-    """
-    samples = [(ds.samples[i].path, ds.samples[i].class_index) for i in idx.tolist()]
-    return FolderImageDataset(
-        name,
-        ds.root,
-        ds.folders,
-        ds.targets,
-        transform=transform,
-        expected_count=None,
-        skip_corrupt=ds.skip_corrupt,
-        skip_log=skip_log,
-        samples=samples,
-        num_classes=ds.num_classes,
-        class_subset=ds.class_subset,
-        multi_label=ds.multi_label,
-        layout=ds.layout,
     )
 
 
@@ -513,8 +436,8 @@ class ImageNetOODDataModule(_ImageDataModule):
             )
             full.check_count()
             tr_idx, va_idx = stratified_split(full.class_indices, self.val_size, self.split_seed)
-            train = _subset(full, "imagenet_train", tr_idx, self.train_tf, full.skip_log)
-            val = _subset(full, "val", va_idx, self.eval_tf, self._skip_log("val"))
+            train = carve_subset(full, "imagenet_train", tr_idx, self.train_tf, full.skip_log)
+            val = carve_subset(full, "val", va_idx, self.eval_tf, self._skip_log("val"))
             self.train_set = self._maybe_cache(train) if self.cache_train else train
             self.val_set = self._maybe_cache(val)
             self._register(val)
@@ -796,9 +719,13 @@ class ImageFolderDataModule(_ImageDataModule):
                 )
             else:
                 keep, held = stratified_split(labels[rest], size, self.split_seed)
-                parts[part] = _subset(full, name, rest[held], self.eval_tf, self._skip_log(name))
+                parts[part] = carve_subset(
+                    full, name, rest[held], self.eval_tf, self._skip_log(name)
+                )
                 rest = rest[keep]
-        self.train_set = _subset(full, self.id_name + "_train", rest, self.train_tf, full.skip_log)
+        self.train_set = carve_subset(
+            full, self.id_name + "_train", rest, self.train_tf, full.skip_log
+        )
         self.val_set = self._maybe_cache(parts["val"])
         self._register(parts["val"])
         sets = [parts["test"]] + [
