@@ -17,10 +17,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from cfmask.data.datamodule import OOD_SETS, resolve_set_root
 from cfmask.data.folder import CorruptImageError, DataLayoutError, FolderImageDataset
 from cfmask.data.imagenet import EXPECTED_COUNTS, ImageNet
 from cfmask.data.ood import ImageNetA, ImageNetR, ImageNetSketch, ImageNetV2, ObjectNet
+from cfmask.data.roots import OOD_SETS, resolve_set_root
 
 __all__ = ("ALL_SETS", "LayoutReport", "SetReport", "check_layout", "data_command", "main_check")
 

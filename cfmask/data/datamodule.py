@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -36,6 +35,7 @@ from cfmask.data.folder import (
 from cfmask.data.imagenet import ImageNet, imagenet_class_names
 from cfmask.data.loading import LoaderConfig, build_loader
 from cfmask.data.ood import ImageNetA, ImageNetR, ImageNetSketch, ImageNetV2, ObjectNet
+from cfmask.data.roots import FOLDER_ALIASES, OOD_SETS, OODSet, resolve_set_root
 from cfmask.data.splits import carve_subset, stratified_split
 from cfmask.data.transforms import eval_transform, train_transform
 from cfmask.metrics import EvalSet
@@ -50,77 +50,6 @@ __all__ = (
 )
 
 _log = logging.getLogger(__name__)
-
-OODSet = Literal["imagenet_v2", "imagenet_r", "imagenet_sketch", "objectnet", "imagenet_a"]
-
-#: The five OOD sets, in the reference's evaluation order.
-OOD_SETS: tuple[OODSet, ...] = (
-    "imagenet_v2",
-    "imagenet_r",
-    "imagenet_sketch",
-    "objectnet",
-    "imagenet_a",
-)
-
-#: Folder names searched under ``root`` for each set, first match wins.
-FOLDER_ALIASES: dict[str, tuple[str, ...]] = {
-    "imagenet": ("imagenet", "ILSVRC2012", "ImageNet", "imagenet-1k", "ILSVRC/Data/CLS-LOC"),
-    "imagenet_v2": (
-        "imagenetv2-matched-frequency-format-val",
-        "imagenetv2-matched-frequency",
-        "ImageNetV2-matched-frequency",
-        "imagenet-v2",
-        "imagenetv2",
-        "imagenet_v2",
-    ),
-    "imagenet_r": ("imagenet-r", "imagenet_r", "ImageNet-R"),
-    "imagenet_sketch": (
-        "imagenet-sketch/sketch",
-        "imagenet-sketch",
-        "imagenet_sketch",
-        "ImageNet-Sketch",
-        "sketch",
-    ),
-    "objectnet": ("objectnet-1.0", "objectnet", "ObjectNet"),
-    "imagenet_a": ("imagenet-a", "imagenet_a", "ImageNet-A"),
-}
-
-
-def resolve_set_root(
-    name: str, root: str | os.PathLike[str] | None, explicit: str | os.PathLike[str] | None
-) -> Path:
-    """Find a set's directory: the explicit path, else the first alias under ``root``.
-
-    Args:
-        name: Set key (``"imagenet"`` or one of :data:`OOD_SETS`).
-        root: Common data root, or ``None``.
-        explicit: The set's own root, which wins if given.
-
-    Returns:
-        The directory.
-
-    Raises:
-        DataLayoutError: Nothing found; the message lists every path tried.
-    """
-    if explicit is not None:
-        p = Path(explicit)
-        if name == "objectnet" and p.name == "images" and (p.parent / "mappings").is_dir():
-            p = p.parent
-        if not p.is_dir():
-            raise DataLayoutError(f"{name}: directory not found: {p} (given explicitly)")
-        return p
-    if root is None:
-        raise DataLayoutError(f"{name}: no root given; pass root= or {name}_root=")
-    tried = [Path(root) / a for a in FOLDER_ALIASES[name]]
-    for p in tried:
-        if p.is_dir():
-            return p
-    raise DataLayoutError(
-        f"{name}: not found under {root}; tried "
-        + ", ".join(str(t) for t in tried)
-        + ". Nothing is downloaded: place the set there (see docs/data.md) or pass "
-        f"{name}_root=."
-    )
 
 
 class _ImageDataModule(LightningDataModule):
