@@ -42,3 +42,13 @@ def test_cli_registers_the_adapters_for_short_names():
         "from cfmask.cli import load_plugins; load_plugins()", ("open_clip", "timm")
     )
     assert loaded == ["open_clip", "timm"]
+
+
+def test_datamodule_module_keeps_its_names():
+    import cfmask.data
+    import cfmask.data.datamodule as old
+    from cfmask.data.roots import OODSet
+
+    assert "OODSet" in old.__all__ and old.OODSet is OODSet
+    for name in set(old.__all__) - {"OODSet"}:
+        assert getattr(old, name) is getattr(cfmask.data, name), name

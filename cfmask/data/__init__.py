@@ -5,14 +5,6 @@ expected image counts.
 """
 
 from cfmask.data.cache import CachedImageDataset, build_cache, open_or_build_cache
-from cfmask.data.datamodule import (
-    FOLDER_ALIASES,
-    OOD_SETS,
-    ImageFolderDataModule,
-    ImageNetOODDataModule,
-    resolve_set_root,
-    stratified_split,
-)
 from cfmask.data.folder import (
     CorruptImageError,
     DataLayoutError,
@@ -20,6 +12,7 @@ from cfmask.data.folder import (
     FolderImageDataset,
     TruncatedDatasetWarning,
 )
+from cfmask.data.folder_module import ImageFolderDataModule
 from cfmask.data.imagenet import (
     EXPECTED_COUNTS,
     ImageNet,
@@ -28,6 +21,7 @@ from cfmask.data.imagenet import (
     imagenet_r_wnids,
     imagenet_wnids,
 )
+from cfmask.data.imagenet_module import ImageNetOODDataModule
 from cfmask.data.loading import LoaderConfig
 from cfmask.data.ood import (
     ImageNetA,
@@ -37,6 +31,8 @@ from cfmask.data.ood import (
     ObjectNet,
     load_objectnet_mapping,
 )
+from cfmask.data.roots import FOLDER_ALIASES, OOD_SETS, resolve_set_root
+from cfmask.data.splits import stratified_split
 from cfmask.data.transforms import eval_transform, train_transform, transforms_from_config
 from cfmask.metrics import (
     EvalSet,
