@@ -161,28 +161,21 @@ def build_loader(
         The loader.
     """
     cfg = config.resolved()
-    assert cfg.num_workers is not None and cfg.eval_batch_size is not None
-    pin = cfg.pin_memory_for(on_gpu)
-    persist = cfg.persistent_workers_for(on_gpu)
+    shared: dict[str, Any] = {
+        "num_workers": cfg.num_workers,
+        "pin_memory": cfg.pin_memory_for(on_gpu),
+        "persistent_workers": cfg.persistent_workers_for(on_gpu),
+        "collate_fn": collate_skipping,
+    }
     if train:  # resumable in the middle of an epoch (cfmask.data.resumable)
         return ResumableDataLoader(
-            dataset,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=cfg.num_workers,
-            pin_memory=pin,
-            persistent_workers=persist,
-            collate_fn=collate_skipping,
+            dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, **shared
         )
     return DataLoader(
         dataset,
         batch_size=cfg.eval_batch_size,
         shuffle=False,
         drop_last=False,
-        num_workers=cfg.num_workers,
-        pin_memory=pin,
-        persistent_workers=persist,
-        collate_fn=collate_skipping,
         generator=_eval_generator(),
+        **shared,
     )
