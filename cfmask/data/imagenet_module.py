@@ -3,7 +3,8 @@
 Train on ImageNet's train folder minus a stratified held-out split, select
 checkpoints on that split, test on ImageNet val and the OOD sets in the paper's
 order (Xiao et al., CVPR 2023, §4.1 "Datasets"). The sets are found with
-:mod:`cfmask.data.roots`; their class protocols live in :mod:`cfmask.data.ood`.
+:mod:`cfmask.data.roots`; their class protocols live with their dataset classes in
+``cfmask.data.ood``.
 """
 
 from __future__ import annotations
