@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cfmask.data.folder import CorruptImageError, FolderImageDataset
+from cfmask.data.roots import user_path
 
 __all__ = ("CachedImageDataset", "build_cache", "cache_path", "open_or_build_cache")
 
@@ -58,7 +59,9 @@ def cache_path(
     h.update(str(getattr(dataset, "border", 0)).encode())
     for s in dataset.samples:
         h.update(f"{s.path}\t{s.class_index}\n".encode())
-    return Path(cache_dir) / f"{dataset.name}-{image_size}px-{interpolation}-{h.hexdigest()[:16]}"
+    return (
+        user_path(cache_dir) / f"{dataset.name}-{image_size}px-{interpolation}-{h.hexdigest()[:16]}"
+    )
 
 
 class _Uint8Crops(Dataset[tuple[int, Any]]):

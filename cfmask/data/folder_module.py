@@ -26,6 +26,7 @@ from cfmask.data.folder import (
     list_images,
 )
 from cfmask.data.loading import LoaderConfig
+from cfmask.data.roots import user_path
 from cfmask.data.splits import carve_subset, stratified_split
 
 __all__ = ("ImageFolderDataModule",)
@@ -182,7 +183,7 @@ class ImageFolderDataModule(_ImageDataModule):
     def _find_dirs(
         root: str | None, train: str | None, val: str | None, test: str | None
     ) -> dict[str, Path | None]:
-        r = Path(root) if root is not None else None
+        r = user_path(root) if root is not None else None
         if r is not None and not r.is_dir():
             raise DataLayoutError(
                 f"directory not found: {r}. Expected layout: "
@@ -192,9 +193,9 @@ class ImageFolderDataModule(_ImageDataModule):
 
         def pick(given: str | None, names: tuple[str, ...]) -> Path | None:
             if given is not None:
-                if not Path(given).is_dir():
+                if not user_path(given).is_dir():
                     raise DataLayoutError(f"directory not found: {given}")
-                return Path(given)
+                return user_path(given)
             for n in names:
                 if r is not None and (r / n).is_dir():
                     return r / n
@@ -281,7 +282,13 @@ class ImageFolderDataModule(_ImageDataModule):
         self._register(parts["val"])
         sets = [parts["test"]] + [
             _folder_set(
-                n, Path(p), c2i, self.eval_tf, self.skip_corrupt, self._skip_log(n), restrict=True
+                n,
+                user_path(p),
+                c2i,
+                self.eval_tf,
+                self.skip_corrupt,
+                self._skip_log(n),
+                restrict=True,
             )
             for n, p in self.ood_roots.items()
         ]

@@ -14,7 +14,7 @@ from typing import Literal
 
 from cfmask.data.folder import DataLayoutError
 
-__all__ = ("FOLDER_ALIASES", "OOD_SETS", "OODSet", "resolve_set_root")
+__all__ = ("FOLDER_ALIASES", "OOD_SETS", "OODSet", "resolve_set_root", "user_path")
 
 OODSet = Literal["imagenet_v2", "imagenet_r", "imagenet_sketch", "objectnet", "imagenet_a"]
 
@@ -51,6 +51,25 @@ FOLDER_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
+def user_path(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` with ``~`` and environment variables expanded, as a shell would.
+
+    Configs and notebooks write data roots as ``~/data`` or ``$DATA/imagenet``;
+    Python's file functions take such strings literally.
+
+    Args:
+        path: A path as the user wrote it.
+
+    Returns:
+        The expanded path.
+
+    Example:
+        >>> user_path("~/data") == Path.home() / "data"
+        True
+    """
+    return Path(os.path.expandvars(os.fspath(path))).expanduser()
+
+
 def resolve_set_root(
     name: str, root: str | os.PathLike[str] | None, explicit: str | os.PathLike[str] | None
 ) -> Path:
@@ -68,7 +87,7 @@ def resolve_set_root(
         DataLayoutError: Nothing found; the message lists every path tried.
     """
     if explicit is not None:
-        p = Path(explicit)
+        p = user_path(explicit)
         if name == "objectnet" and p.name == "images" and (p.parent / "mappings").is_dir():
             p = p.parent
         if not p.is_dir():
@@ -76,7 +95,7 @@ def resolve_set_root(
         return p
     if root is None:
         raise DataLayoutError(f"{name}: no root given; pass root= or {name}_root=")
-    tried = [Path(root) / a for a in FOLDER_ALIASES[name]]
+    tried = [user_path(root) / a for a in FOLDER_ALIASES[name]]
     for p in tried:
         if p.is_dir():
             return p
