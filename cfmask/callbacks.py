@@ -41,6 +41,9 @@ class TestResultsReport(pl.Callback):
             the trainer's log directory.
     """
 
+    #: Not a test class, although pytest collects ``Test*`` names it imports.
+    __test__ = False
+
     def __init__(self, output_dir: str | None = None) -> None:
         super().__init__()
         self.output_dir = output_dir
