@@ -52,3 +52,14 @@ def test_datamodule_module_keeps_its_names():
     assert "OODSet" in old.__all__ and old.OODSet is OODSet
     for name in set(old.__all__) - {"OODSet"}:
         assert getattr(old, name) is getattr(cfmask.data, name), name
+
+
+def test_clip_text_names_keep_their_adapter_import_paths():
+    import cfmask.backbones.openclip_vit as adapter
+    import cfmask.clip_text as clip_text
+
+    assert adapter.default_templates is clip_text.default_templates
+    assert adapter.encode_text_truncated is clip_text.encode_text_truncated
+    assert "default_templates" in adapter.__all__
+    # the zero-shot weights are built where the cache lives, not in the adapter
+    assert not hasattr(adapter, "build_zero_shot_weights")

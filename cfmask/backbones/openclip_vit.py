@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
-import json
 import logging
 import os
 import types
@@ -23,7 +20,9 @@ from torch import Tensor, nn
 
 from cfmask.backbones._tokens import check_keep_index, check_key_mask, gather_tokens, key_mask_bias
 from cfmask.backbones.base import AttentionCaptureError, DataConfig, VisionBackbone
-from cfmask.heads import ZeroShotHead, build_zero_shot_weights
+from cfmask.clip_text import class_embeddings, default_templates
+from cfmask.clip_text import encode_text_truncated as encode_text_truncated  # older import path
+from cfmask.heads import ZeroShotHead
 
 __all__ = ("CLASS_NAMES_FROM_DATAMODULE", "OpenCLIPViT", "default_templates")
 
@@ -31,7 +30,6 @@ log = logging.getLogger(__name__)
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-_CACHE_VERSION = 1
 
 #: ``class_names`` value that defers the zero-shot head until the datamodule's
 #: ``class_names`` are known (see :meth:`OpenCLIPViT.set_class_names`).
@@ -46,11 +44,6 @@ class _TextTower:
     quick_gelu: bool
 
 
-def default_templates() -> list[str]:
-    """The 80 OpenAI ImageNet prompt templates as ``"{}"`` strings."""
-    return [t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]
-
-
 class OpenCLIPViT(VisionBackbone):
     """An open_clip CLIP image tower plus a zero-shot head, as a :class:`VisionBackbone`.
 
@@ -63,10 +56,11 @@ class OpenCLIPViT(VisionBackbone):
     the image tower and the head are parameters. Inputs are ``[0, 1]`` pixels,
     normalised inside with the model's preprocessing mean/std (OpenAI CLIP's by default).
 
-    Text embeddings are cached on disk, keyed by a hash of the model name/config, the
-    ``pretrained`` value, a digest of the text-tower weights, the activation, the class
-    names and the templates, so the text tower runs once per setting. It runs on a
-    context truncated to the longest real prompt, which is exact for causal text towers.
+    The text side lives in :mod:`cfmask.clip_text`: text embeddings are cached on disk,
+    keyed by a hash of the model name/config, the ``pretrained`` value, a digest of the
+    text-tower weights, the activation, the class names and the templates, so the text
+    tower runs once per setting. It runs on a context truncated to the longest real
+    prompt, which is exact for causal text towers.
 
     **QuickGELU guard.** OpenAI's CLIP weights were trained with QuickGELU. When
     ``pretrained`` is ``"openai"``, or a file whose name contains ``openai`` or that is a
@@ -475,57 +469,19 @@ class OpenCLIPViT(VisionBackbone):
         device: torch.device | str | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """Unit ``(K, D)`` class embeddings, from the disk cache when possible."""
-        key = _cache_key(
-            clip=clip,
+        """Unit ``(K, D)`` class embeddings (see :func:`cfmask.clip_text.class_embeddings`)."""
+        return class_embeddings(
+            clip,
             model_name=self.model_name,
             model_cfg=self.model_cfg,
             pretrained=self.pretrained,
             quick_gelu=quick_gelu,
             class_names=names,
             templates=templates,
+            cache_dir=self.text_cache_dir,
+            device=device,
+            progress=progress,
         )
-        cache_dir = (
-            Path(self.text_cache_dir).expanduser() if self.text_cache_dir else _default_cache()
-        )
-        file = cache_dir / f"{key}.pt"
-        if file.is_file():
-            try:
-                cached = torch.load(file, map_location="cpu", weights_only=True)
-                weight = cached["weight"]
-                if isinstance(weight, Tensor) and weight.shape[0] == len(names):
-                    log.debug("text embeddings loaded from cache %s", file)
-                    return weight
-            except Exception as err:  # corrupt cache entry: rebuild it
-                log.warning("ignoring unreadable text-embedding cache %s (%s)", file, err)
-        tokenizer = _tokenizer(self.model_name, self.model_cfg)
-        encoder = _text_encoder(clip)
-        was_training = clip.training
-        clip.eval()
-        if device is not None:
-            clip.to(device)
-        try:
-            weight = build_zero_shot_weights(
-                encoder,
-                tokenizer,
-                names,
-                templates,
-                logit_scale=1.0,
-                device=device,
-                progress=progress,
-            )
-        finally:
-            clip.train(was_training)
-            if device is not None:
-                clip.to("cpu")
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"weight": weight, "class_names": names, "templates": templates}, tmp)
-            os.replace(tmp, file)
-        except OSError as err:
-            log.warning("could not write text-embedding cache %s (%s)", file, err)
-        return weight
 
 
 # ---------------------------------------------------------------------- helpers
@@ -743,120 +699,6 @@ def _build_clip(
             )
         open_clip.load_checkpoint(model, str(Path(pretrained).expanduser()))
     return model
-
-
-def _tokenizer(model_name: str, model_cfg: dict[str, Any] | None) -> Callable[[list[str]], Tensor]:
-    """The model's tokenizer (BPE vocabularies are loaded once per process)."""
-    if model_cfg is None:
-        tok: Callable[[list[str]], Tensor] = open_clip.get_tokenizer(model_name)
-        return tok
-    text_cfg = model_cfg.get("text_cfg", {})
-    context = int(text_cfg.get("context_length", 77))
-    if text_cfg.get("hf_tokenizer_name"):
-        hf: Callable[[list[str]], Tensor] = open_clip.HFTokenizer(
-            text_cfg["hf_tokenizer_name"], context_length=context
-        )
-        return hf
-    return _simple_tokenizer(context)
-
-
-@functools.lru_cache(maxsize=4)
-def _simple_tokenizer(context_length: int) -> Callable[[list[str]], Tensor]:
-    simple: Callable[[list[str]], Tensor] = open_clip.SimpleTokenizer(context_length=context_length)
-    return simple
-
-
-def _text_encoder(clip: Any) -> Callable[[Tensor], Tensor]:
-    """Text encoder that truncates the context to the longest real prompt when exact.
-
-    With a causal mask, a token never attends to later positions, so the padding after
-    the last real token does not change any earlier output; pooling at the EOT/argmax or
-    first position therefore gives the same embedding on the truncated sequence.
-    """
-    pool = getattr(clip, "text_pool_type", None)
-    causal = getattr(clip, "attn_mask", None)
-    if not (
-        isinstance(causal, Tensor)
-        and pool in ("argmax", "eos", "first")
-        and hasattr(clip, "token_embedding")
-    ):
-        encode_full: Callable[[Tensor], Tensor] = clip.encode_text
-        return encode_full
-
-    def encode(tokens: Tensor) -> Tensor:
-        return encode_text_truncated(clip, tokens)
-
-    return encode
-
-
-def encode_text_truncated(clip: Any, tokens: Tensor) -> Tensor:
-    """``clip.encode_text(tokens)`` computed on the shortest context holding every prompt.
-
-    Args:
-        clip: An open_clip ``CLIP`` with a causal text transformer.
-        tokens: ``(P, L)`` token ids, zero-padded after each prompt.
-
-    Returns:
-        ``(P, D)`` un-normalised text embeddings.
-    """
-    nonpad = (tokens != 0).long()
-    positions = torch.arange(tokens.shape[1], device=tokens.device)
-    length = int(((positions + 1) * nonpad).amax()) if tokens.numel() else 1
-    length = max(length, 1)
-    ids = tokens[:, :length]
-    cast = clip.transformer.get_cast_dtype()
-    x = clip.token_embedding(ids).to(cast) + clip.positional_embedding[:length].to(cast)
-    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
-    x = clip.ln_final(x)
-    x = open_clip.transformer.text_global_pool(
-        x, ids, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None)
-    )
-    proj = clip.text_projection
-    if proj is not None:
-        x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
-    out: Tensor = x
-    return out
-
-
-def _default_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
-    return Path(base) / "cfmask" / "text"
-
-
-def _text_digest(clip: nn.Module) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    state = clip.state_dict()
-    for name in sorted(state):
-        if name.startswith("visual."):
-            continue
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _cache_key(
-    *,
-    clip: nn.Module,
-    model_name: str,
-    model_cfg: dict[str, Any] | None,
-    pretrained: str | None,
-    quick_gelu: bool,
-    class_names: Sequence[str],
-    templates: Sequence[str],
-) -> str:
-    payload = {
-        "version": _CACHE_VERSION,
-        "model_name": model_name,
-        "model_cfg": model_cfg,
-        "pretrained": pretrained,
-        "quick_gelu": quick_gelu,
-        "text_weights": _text_digest(clip),
-        "class_names": list(class_names),
-        "templates": list(templates),
-    }
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
 
 
 def _triple(values: Any) -> tuple[float, float, float]:

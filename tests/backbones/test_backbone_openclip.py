@@ -13,6 +13,7 @@ from open_clip.transformer import QuickGELU
 from torch import Tensor, nn
 
 import cfmask.backbones.openclip_vit as oc
+import cfmask.clip_text as clip_text
 from cfmask.backbones import OpenCLIPViT, VisionBackbone
 from cfmask.heads import ZeroShotHead, build_zero_shot_weights
 
@@ -98,12 +99,12 @@ def test_truncated_text_path_equals_full(clip_args: dict[str, Any]) -> None:
     tokens = tok(["a photo of a cat.", "a rather long drawing of a small bird in the sky."])
     with torch.no_grad():
         full = clip.encode_text(tokens)
-        short = oc.encode_text_truncated(clip, tokens)
+        short = clip_text.encode_text_truncated(clip, tokens)
     assert torch.allclose(full, short, atol=2e-6)
 
 
 def test_default_class_names_and_templates() -> None:
-    templates = oc.default_templates()
+    templates = clip_text.default_templates()
     assert len(templates) == 80 and all("{}" in t for t in templates)
     assert templates[0].replace("{}", "cat") == open_clip.OPENAI_IMAGENET_TEMPLATES[0]("cat")
 
@@ -119,7 +120,7 @@ def test_text_cache_hit_skips_text_tower(
     def refuse(*args: Any, **kwargs: Any) -> Tensor:
         raise AssertionError("text tower ran although the cache holds these embeddings")
 
-    monkeypatch.setattr(oc, "build_zero_shot_weights", refuse)
+    monkeypatch.setattr(clip_text, "build_zero_shot_weights", refuse)
     second = OpenCLIPViT(**clip_args, pretrained=str(path))
     assert torch.equal(first.head.weight, second.head.weight)
     # other templates, other weights or other activation are other keys
