@@ -13,14 +13,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from rich.console import Console
 from torch import Tensor
 
-from cfmask.metrics import (
-    OOD_AVG,
-    EvalSet,
-    SubsetAccuracy,
-    results_table,
-    top_k_average,
-    write_results,
-)
+from cfmask.eval_sets import EvalSet
+from cfmask.metrics import OOD_AVG, SubsetAccuracy, top_k_average
+from cfmask.reporting import results_table, write_results
 
 __all__ = ("CounterfactualImageLogger", "TestResultsReport")
 

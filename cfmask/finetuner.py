@@ -34,9 +34,10 @@ from cfmask.checkpoints import (
     restore_rng_state,
     resume_training_loaders,
 )
+from cfmask.eval_sets import EvalSet, describe_test_sets
 from cfmask.losses import DistillationLoss
 from cfmask.masking.base import Masker, Refiller
-from cfmask.metrics import OOD_AVG, EvalSet, SubsetAccuracy, describe_test_sets, ood_average
+from cfmask.metrics import OOD_AVG, SubsetAccuracy, ood_average
 from cfmask.objective import (
     INITIAL_TEACHER,
     CounterfactualObjective,

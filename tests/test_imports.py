@@ -63,3 +63,27 @@ def test_clip_text_names_keep_their_adapter_import_paths():
     assert "default_templates" in adapter.__all__
     # the zero-shot weights are built where the cache lives, not in the adapter
     assert not hasattr(adapter, "build_zero_shot_weights")
+
+
+@pytest.mark.parametrize(
+    "statement", ["import cfmask.metrics", "import cfmask.eval_sets", "import cfmask.heads"]
+)
+def test_metric_and_head_modules_do_not_import_reporting_or_model_libraries(statement):
+    loaded = _loaded_after(statement, ("rich", "open_clip", "timm", "cfmask.reporting"))
+    assert loaded == [], f"{statement!r} imported {loaded}"
+
+
+def test_set_descriptions_and_reporting_keep_their_metrics_import_paths():
+    import cfmask.data
+    import cfmask.eval_sets as eval_sets
+    import cfmask.metrics as metrics
+    import cfmask.reporting as reporting
+    from cfmask.metrics import results_table, write_results
+
+    assert metrics.EvalSet is eval_sets.EvalSet is cfmask.data.EvalSet
+    assert metrics.describe_test_sets is eval_sets.describe_test_sets
+    assert results_table is reporting.results_table is cfmask.data.results_table
+    assert write_results is reporting.write_results is cfmask.data.write_results
+    assert isinstance(eval_sets.EvalSet("a", num_classes=4).metric(), metrics.SubsetAccuracy)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = metrics.Nope

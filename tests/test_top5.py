@@ -13,7 +13,9 @@ from rich.console import Console
 
 from cfmask import CounterfactualFineTuner, callbacks
 from cfmask.backbones import TimmViT
-from cfmask.metrics import EvalSet, SubsetAccuracy, results_table, topk_correct, write_results
+from cfmask.eval_sets import EvalSet
+from cfmask.metrics import SubsetAccuracy, topk_correct
+from cfmask.reporting import results_table, write_results
 from cfmask.synthetic import SyntheticDataModule
 
 
