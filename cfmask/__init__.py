@@ -10,8 +10,9 @@ training stack, timm or open_clip.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cfmask._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from cfmask.components import Component
@@ -45,12 +46,4 @@ _PUBLIC_MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _PUBLIC_MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC_MODULES))
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC_MODULES, lambda: globals())

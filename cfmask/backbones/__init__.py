@@ -8,9 +8,9 @@ timm and open_clip.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from cfmask._lazy import lazy_attributes
 from cfmask.backbones._weights import load_state_dict_file
 from cfmask.backbones.base import AttentionCaptureError, DataConfig, VisionBackbone
 
@@ -34,12 +34,4 @@ ADAPTER_MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = ADAPTER_MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(ADAPTER_MODULES))
+__getattr__, __dir__ = lazy_attributes(__name__, ADAPTER_MODULES, lambda: globals())
