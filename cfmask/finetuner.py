@@ -37,7 +37,7 @@ from cfmask.checkpoints import (
 from cfmask.eval_sets import EvalSet, describe_test_sets
 from cfmask.losses import DistillationLoss
 from cfmask.masking.base import Masker, Refiller
-from cfmask.metrics import OOD_AVG, SubsetAccuracy, ood_average
+from cfmask.metrics import OOD_AVG, SubsetAccuracy, ood_average, top5_results, top_k_average
 from cfmask.objective import (
     INITIAL_TEACHER,
     CounterfactualObjective,
@@ -236,6 +236,7 @@ class CounterfactualFineTuner(pl.LightningModule):
         self.test_accuracies = nn.ModuleList()
         self.test_eval_sets: list[EvalSet] = []
         self.test_results: dict[str, float] = {}
+        self.test_results_top5: dict[str, float] = {}
         self.test_counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ setup
@@ -510,7 +511,11 @@ class CounterfactualFineTuner(pl.LightningModule):
         metric.update(self.student(images), targets)
 
     def on_test_epoch_end(self) -> None:
-        """Log ``test/<set>/acc1`` for each set and ``test/ood_avg/acc1``.
+        """Log ``test/<set>/acc1`` for each set and ``test/ood_avg/acc1``, and top-5.
+
+        Top-5 (``test/<set>/acc5``, ``test/ood_avg/acc5``, kept in
+        ``test_results_top5``) is logged for sets with more than five classes; the
+        OOD average only when every OOD set has one.
 
         Also keeps the number of images scored per set in ``test_counts`` (the
         results table's "Images" column).
@@ -529,6 +534,13 @@ class CounterfactualFineTuner(pl.LightningModule):
         for name, value in results.items():
             self.log(f"test/{name}/acc1", value, add_dataloader_idx=False)
         self.test_results = results
+        self.test_results_top5 = top5_results(self.test_eval_sets, list(self.test_accuracies))
+        if id_names and len(results) > 1:
+            avg = top_k_average(self.test_results_top5, list(results), id_names[0])
+            if not math.isnan(avg):
+                self.test_results_top5[OOD_AVG] = avg
+        for name, value in self.test_results_top5.items():
+            self.log(f"test/{name}/acc5", value, add_dataloader_idx=False)
 
     #: Classes ranked by :meth:`predict_step` (``cfmask predict --predictions.top_k``).
     predict_top_k: int = 5

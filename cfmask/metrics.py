@@ -51,6 +51,7 @@ __all__ = (
     "restrict_logits",
     "results_table",
     "top1_correct",
+    "top5_results",
     "top_k_average",
     "topk_correct",
     "write_results",
@@ -297,6 +298,26 @@ def ood_average(results: Mapping[str, float], id_name: str = "imagenet") -> floa
     """
     vals = [v for k, v in results.items() if k not in (id_name, OOD_AVG)]
     return sum(vals) / len(vals) if vals else float("nan")
+
+
+def top5_results(eval_sets: Sequence[EvalSet], metrics: Sequence[Any]) -> dict[str, float]:
+    """Top-5 accuracy of each set whose metric has one.
+
+    Args:
+        eval_sets: The test sets, in loader order.
+        metrics: One :class:`~cfmask.metrics.SubsetAccuracy` per set, same order.
+
+    Returns:
+        Set name → top-5 accuracy in ``[0, 1]``; sets with five classes or fewer
+        (or an empty set) are left out.
+    """
+    out: dict[str, float] = {}
+    for s, metric in zip(eval_sets, metrics, strict=False):
+        if isinstance(metric, SubsetAccuracy):
+            value = float(metric.compute_top_k())
+            if not math.isnan(value):
+                out[s.name] = value
+    return out
 
 
 def top_k_average(top_k: Mapping[str, float], names: Iterable[str], id_name: str) -> float:

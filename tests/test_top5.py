@@ -17,6 +17,7 @@ from cfmask.eval_sets import EvalSet
 from cfmask.metrics import SubsetAccuracy, topk_correct
 from cfmask.reporting import results_table, write_results
 from cfmask.synthetic import SyntheticDataModule
+from cfmask.testing import quiet_trainer
 
 
 def _top5_by_hand(logits, targets, allowed):
@@ -114,3 +115,18 @@ def test_test_run_logs_and_writes_top5(tmp_path, tiny_timm_config):
     assert payload["acc5"] == pytest.approx(expected)
     assert trainer.callback_metrics["test/shift/acc5"].item() == pytest.approx(expected["shift"])
     assert trainer.callback_metrics["test/ood_avg/acc5"].item() == pytest.approx(expected["shift"])
+
+
+def test_plain_python_test_run_logs_top5_without_the_report_callback(tmp_path, tiny_timm_config):
+    config = {**tiny_timm_config, "num_classes": 8}
+    model = CounterfactualFineTuner(TimmViT(**config), distillation=[])
+    data = SyntheticDataModule(num_classes=8, batch_size=8, test_size=24, test_sets=["id", "shift"])
+    trainer = quiet_trainer(tmp_path)
+    metrics = trainer.test(model, datamodule=data, verbose=False)[0]
+    model.eval()
+    with torch.no_grad():
+        x, y = zip(*data.test_dataloader()[0], strict=True)
+        expected = _top5_by_hand(model(torch.cat(x)), torch.cat(y).tolist(), range(8))
+    assert metrics["test/id/acc5"] == pytest.approx(expected)
+    assert {"test/shift/acc5", "test/ood_avg/acc5"} <= set(metrics)
+    assert model.test_results_top5["id"] == pytest.approx(expected)
