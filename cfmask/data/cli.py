@@ -6,7 +6,6 @@ main CLI dispatches to; :func:`check_layout` is the library function behind it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import warnings
@@ -216,18 +215,28 @@ def main_check(argv: Sequence[str] | None = None) -> int:
     Exit status: 0 if every set is usable (truncated sets print a loud
     warning; use ``--strict`` to fail on them), 1 otherwise.
     """
-    p = argparse.ArgumentParser(
+    from jsonargparse import ActionConfigFile, ArgumentParser  # type: ignore[attr-defined]
+
+    p = ArgumentParser(
         prog="cfmask data check",
         description="Validate ImageNet / OOD data layouts and counts (never downloads).",
     )
-    p.add_argument("--root", help="common data root holding the sets' folders")
+    p.add_argument(
+        "-c", "--config", action=ActionConfigFile, help="YAML file with any of the options below"
+    )
+    p.add_argument("--root", type=str | None, help="common data root holding the sets' folders")
     for s in ALL_SETS:
-        p.add_argument(f"--{s.replace('_', '-')}-root", dest=f"{s}_root", help=f"{s} directory")
+        p.add_argument(
+            f"--{s.replace('_', '-')}-root",
+            dest=f"{s}_root",
+            type=str | None,
+            help=f"{s} directory",
+        )
     p.add_argument("--sets", nargs="+", default=list(ALL_SETS), choices=ALL_SETS)
     p.add_argument("--verify", action="store_true", help="decode every image (slow)")
     p.add_argument("--strict", action="store_true", help="fail on truncated sets too")
-    p.add_argument("--json", type=Path, help="also write the report as JSON here")
-    args = p.parse_args(argv)
+    p.add_argument("--json", type=str | None, help="also write the report as JSON here")
+    args = p.parse_args(list(argv) if argv is not None else None)
     roots = {s: getattr(args, f"{s}_root") for s in ALL_SETS}
     if args.root is None and not any(roots.values()):
         p.error("give --root or at least one --<set>-root")
@@ -240,7 +249,7 @@ def main_check(argv: Sequence[str] | None = None) -> int:
             "its accuracy will not be comparable to published results."
         )
     if args.json is not None:
-        args.json.write_text(report.to_json() + "\n")
+        Path(args.json).write_text(report.to_json() + "\n")
     if not report.ok or (args.strict and report.truncated):
         return 1
     return 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import yaml
+
 from cfmask.data.cli import check_layout, data_command
 
 
@@ -66,3 +69,16 @@ def test_classes_column_counts_folders_that_hold_images(tmp_path: Path) -> None:
     assert report.images == 198
     assert (report.classes, report.expected_classes) == (198, 200)
     assert "2 class folder(s) hold no images" in report.message and wnids[0] in report.message
+
+
+def test_data_check_reads_a_config_file_and_prints_it(data_root: Path, tmp_path: Path, capsys):
+    config = tmp_path / "check.yaml"
+    config.write_text(f"root: {data_root}\nsets: [imagenet_r]\njson: {tmp_path / 'r.json'}\n")
+    assert data_command(["check", "-c", str(config)]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["sets"][0]["name"] == "imagenet_r"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        data_command(["check", "-c", str(config), "--verify", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["root"] == str(data_root) and printed["verify"] is True
