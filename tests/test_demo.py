@@ -11,6 +11,7 @@ import dataclasses
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,12 +25,24 @@ from cfmask.demo.data import (
     TEST_SET_DOCS,
     BenchmarkConfig,
     DatasetNotFoundError,
+    PoolConfig,
     build_benchmark,
+    build_pretrain_pool,
     find_fashion_mnist,
     read_idx,
 )
-from cfmask.demo.runner import PROFILES, FineTuneConfig
-from cfmask.demo.teacher import ModelConfig, PretrainConfig
+from cfmask.demo.pretrained import (
+    save_pretrained,
+    sha256_file,
+    verify_pretrained,
+)
+from cfmask.demo.runner import PROFILES, FineTuneConfig, Profile
+from cfmask.demo.teacher import (
+    ModelConfig,
+    PretrainConfig,
+    pinned_torch,
+    pretrain_teacher,
+)
 
 
 def _write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
@@ -112,80 +125,161 @@ def test_torchvision_layout_is_found(tmp_path: Path, no_system_data: None) -> No
 def test_benchmark_splits_and_shifts(tmp_path: Path, no_system_data: None) -> None:
     _fake_fashion(tmp_path, n_train=600, n_test=300)
     raw = demo_data.load_fashion_mnist(tmp_path, allow_install=False)
-    cfg = BenchmarkConfig(n_pretrain=300, n_finetune=200, n_val=50, n_test=40, cue_strength=0.9)
-    bench = build_benchmark(cfg, raw)
+    pool_cfg = PoolConfig(n_images=300)
+    cfg = BenchmarkConfig(n_finetune=200, n_val=50, n_test=40, cue_strength=0.9)
+    bench = build_benchmark(cfg, raw, pool_cfg)
+    pool = build_pretrain_pool(pool_cfg, raw, chunk=128)
+    assert len(pool) == 300
     assert list(bench.tests) == list(TEST_SET_DOCS)
     assert bench.ood_names == ["resample", "sketch", "rendition", "new-backgrounds", "anti-cue"]
     k = len(ID_FAMILIES)
-    for s in (bench.pretrain, bench.train, bench.val, *bench.tests.values()):
+    for s in (pool, bench.train, bench.val, *bench.tests.values()):
         assert s.images.dtype == torch.uint8 and s.images.shape[1:] == (3, 32, 32)
         assert s.object_masks.shape == (len(s), 32, 32)
         assert s.object_masks.flatten(1).any(1).all()  # every image shows a garment
     # Fine-tuning: the cue agrees with the class far above chance; pre-training: near chance.
     agree = (bench.train.families == bench.train.labels).float().mean().item()
     assert agree > 0.8
-    assert (bench.pretrain.families == bench.pretrain.labels).float().mean().item() < 0.25
+    assert (pool.families == pool.labels).float().mean().item() < 0.25
     # OOD sets: the anti-cue set never shows the class's own cue, new backgrounds are unseen.
     anti = bench.tests["anti-cue"]
     assert (anti.families != anti.labels).all()
     assert (bench.tests["new-backgrounds"].families >= k).all()
     assert (bench.tests["sketch"].families == -1).all()
     # Deterministic given the seed.
-    again = build_benchmark(cfg, raw)
+    again = build_benchmark(cfg, raw, pool_cfg)
     assert torch.equal(again.train.images, bench.train.images)
+
+
+def test_pool_is_independent_of_the_data_seed(tmp_path: Path, no_system_data: None) -> None:
+    """The pre-trained model's garments never reach fine-tuning, whatever the data seed."""
+    pool_cfg = PoolConfig(n_images=500)
+    pool_a, rest_a = demo_data.pool_indices(600, pool_cfg)
+    assert len(pool_a) == 500 and len(rest_a) == 100
+    assert set(pool_a.tolist()).isdisjoint(rest_a.tolist())
+    assert sorted([*pool_a.tolist(), *rest_a.tolist()]) == list(range(600))
+    # A different pool seed draws other garments.
+    pool_b, _ = demo_data.pool_indices(600, PoolConfig(n_images=500, seed=1))
+    assert set(pool_b.tolist()) != set(pool_a.tolist())
+    # Garment identity: give every train image a unique pixel code, then check that no
+    # fine-tuning/validation image of any data seed uses a pool garment.
+    _fake_fashion(tmp_path, n_train=600, n_test=100)
+    tr_x, tr_y, te_x, te_y = demo_data.load_fashion_mnist(tmp_path, allow_install=False)
+    tr_x = tr_x.copy()
+    tr_x[:, 0, 0] = np.arange(600) % 256
+    tr_x[:, 0, 1] = np.arange(600) // 256
+    raw = (tr_x, tr_y, te_x, te_y)
+    seen = set()
+    for data_seed in (0, 1, 2):
+        bench = build_benchmark(
+            BenchmarkConfig(n_finetune=60, n_val=40, n_test=20, seed=data_seed), raw, pool_cfg
+        )
+        assert len(bench.train) == 60 and len(bench.val) == 40
+        seen.add(bench.train.labels.tolist().__repr__())
+    assert len(seen) > 1  # the data seed changes the fine-tuning split
+    with pytest.raises(ValueError, match="pre-training pool asks for 700"):
+        demo_data.pool_indices(600, PoolConfig(n_images=700))
 
 
 def test_benchmark_rejects_too_large_sizes(tmp_path: Path, no_system_data: None) -> None:
     _fake_fashion(tmp_path, n_train=100, n_test=60)
     raw = demo_data.load_fashion_mnist(tmp_path, allow_install=False)
     with pytest.raises(ValueError, match="Fashion-MNIST has"):
-        build_benchmark(BenchmarkConfig(n_pretrain=100, n_finetune=10, n_val=10, n_test=5), raw)
+        build_benchmark(
+            BenchmarkConfig(n_finetune=30, n_val=10, n_test=5), raw, PoolConfig(n_images=80)
+        )
+    with pytest.raises(ValueError, match="test-split garments per test set"):
+        build_benchmark(
+            BenchmarkConfig(n_finetune=5, n_val=5, n_test=61), raw, PoolConfig(n_images=80)
+        )
+
+
+TINY_MODEL = ModelConfig(model_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2})
+TINY_POOL = PoolConfig(n_images=160)
+
+
+def _tiny_weights(folder: Path, data_dir: Path) -> Path:
+    """Pre-train a tiny model for one epoch and save it with its recipe."""
+    raw = demo_data.load_fashion_mnist(data_dir, allow_install=False)
+    cfg = PretrainConfig(pool=TINY_POOL, epochs=1, batch_size=32)
+    state = pretrain_teacher(build_pretrain_pool(TINY_POOL, raw), TINY_MODEL, cfg)
+    path = folder / "tiny.safetensors"
+    save_pretrained(state, path, TINY_MODEL, cfg, {"id": 0.0}, 1.0)
+    return path
+
+
+def _tiny_profile(workers: int = 1) -> Profile:
+    return dataclasses.replace(
+        PROFILES["default"],
+        bench=BenchmarkConfig(n_finetune=64, n_val=32, n_test=16),
+        model=TINY_MODEL,
+        pretrain=PretrainConfig(pool=TINY_POOL, epochs=1, batch_size=32),
+        finetune=FineTuneConfig(
+            steps=2,
+            batch_size=8,
+            warmup_steps=1,
+            betas=(1.0, 3.0),
+            object_thresholds=(0.3, 0.5),
+            context_thresholds=(0.5,),
+            random_ratios=(0.5,),
+            wise_alphas=(0.0, 0.5, 1.0),
+        ),
+        seeds=2,
+        workers=workers,
+        mask_every=1,
+    )
 
 
 def test_tiny_demo_run_writes_every_output(tmp_path: Path, no_system_data: None) -> None:
     """A very small in-process run of the whole pipeline on fake data."""
     _fake_fashion(tmp_path / "data", n_train=260, n_test=120)
-    base = PROFILES["quick"]
-    profile = dataclasses.replace(
-        base,
-        bench=BenchmarkConfig(n_pretrain=160, n_finetune=64, n_val=32, n_test=16),
-        model=ModelConfig(model_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2}),
-        pretrain=PretrainConfig(epochs=1, batch_size=32),
-        finetune=FineTuneConfig(
-            steps=2, batch_size=8, warmup_steps=1, betas=(1.0, 3.0), wise_alphas=(0.0, 0.5, 1.0)
-        ),
-        seeds=2,
-        mask_every=1,
-    )
+    weights = _tiny_weights(tmp_path, tmp_path / "data")
     out = tmp_path / "out"
-    payload = run_demo(profile, out, tmp_path / "data", allow_install=False)
+    payload = run_demo(
+        _tiny_profile(), out, tmp_path / "data", allow_install=False, weights=weights
+    )
     results = json.loads((out / "results.json").read_text())
-    assert results["chosen_beta"] in (1.0, 3.0)
+    sel = results["selection"]
+    assert sel["beta"] in (1.0, 3.0)
+    assert sel["chosen"]["object"] in (0.3, 0.5)
     ood = results["benchmark"]["ood_sets"]
     assert len(ood) == 5
-    for key in (
-        "zero-shot",
-        "vanilla",
-        "wise-ft",
-        "fd",
-        "kd",
-        "ours-object-single",
-        "ours-context-multi",
-        "ours-random-single",
-        "wise-ours",
-        "wise-kd",
-    ):
+    keys = ("zero-shot", "vanilla", "wise-ft", "fd", "kd")
+    masked = ("object-single", "context-single", "random-single")
+    for key in (*keys, *masked):
         entry = results["methods"][key]
         assert set(entry["ood"]) == set(ood)
         for stat in (entry["id"], entry["ood_avg"], *entry["ood"].values()):
             assert 0.0 <= stat["mean"] <= 100.0 and stat["std"] >= 0.0
     assert results["methods"]["vanilla"]["id"]["n"] == 2
+    # Regime: seven pre-registered checks, each with value, threshold and pass.
+    assert len(results["regime"]) == 7
+    for check in results["regime"].values():
+        assert set(check) == {"name", "value", "threshold", "direction", "pass"}
+    # Paired differences to FD, recomputed here from the per-seed numbers.
+    fd = results["methods"]["fd"]["seeds"]
+    for key in masked:
+        d = results["delta_vs_fd"][key]
+        var = results["methods"][key]["seeds"]
+        diffs = [v["id"] - f["id"] for v, f in zip(var, fd, strict=True)]
+        assert d["id"]["n"] == 2
+        assert d["id"]["mean"] == pytest.approx(sum(diffs) / 2, abs=1e-3)
+        half = 12.7062 * abs(diffs[0] - diffs[1]) / 2  # s/sqrt(2) = |d0 - d1| / 2
+        assert d["id"]["ci95_high"] == pytest.approx(sum(diffs) / 2 + half, abs=2e-3)
+        assert 0.0 <= var[0]["mask_fraction"] <= 1.0
+    assert results["headline"].startswith("CAM object masking")
+    env = results["environment"]
+    for field_name in ("torch", "python", "cfmask", "numpy", "lightning", "threads"):
+        assert field_name in env
+    assert env["threads"] == 1 and env["cpu_capability"]
+    # Components are recorded as class_path configs.
+    comp = results["method_components"]["object-single"]
+    assert comp["masker"]["class_path"].endswith("ObjectMasker")
+    assert comp["masker"]["init_args"]["threshold"] == sel["chosen"]["object"]
     rows = results["mask_quality"]["rows"]
     assert [r["threshold"] for r in rows] == [0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
     for r in rows:
         assert 0.0 <= r["iou"] <= r["object_mr"] + 1e-9 <= 1.0 + 1e-9
-    # Lower thresholds mask at least as much (monotone by construction).
-    assert rows[-1]["image_mr"] >= rows[0]["image_mr"]
     with (out / "results.csv").open() as fh:
         table = list(csv.DictReader(fh))
     assert {row["method"] for row in table} == set(results["methods"])
@@ -194,13 +288,58 @@ def test_tiny_demo_run_writes_every_output(tmp_path: Path, no_system_data: None)
     assert payload["methods"].keys() == results["methods"].keys()
 
 
+def test_weights_of_another_pool_are_refused(tmp_path: Path, no_system_data: None) -> None:
+    _fake_fashion(tmp_path / "data", n_train=260, n_test=120)
+    weights = _tiny_weights(tmp_path, tmp_path / "data")
+    profile = dataclasses.replace(
+        _tiny_profile(), pretrain=PretrainConfig(pool=PoolConfig(n_images=100))
+    )
+    with pytest.raises(ValueError, match="pool"):
+        run_demo(profile, tmp_path / "out", tmp_path / "data", allow_install=False, weights=weights)
+
+
+def test_tampered_weights_are_refused(tmp_path: Path, no_system_data: None) -> None:
+    _fake_fashion(tmp_path / "data", n_train=260, n_test=120)
+    weights = _tiny_weights(tmp_path, tmp_path / "data")
+    assert verify_pretrained(weights).sha256 == sha256_file(weights)
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="SHA-256"):
+        verify_pretrained(weights)
+    with pytest.raises(FileNotFoundError, match="cfmask demo pretrain"):
+        verify_pretrained(tmp_path / "missing.safetensors")
+
+
+def test_pinned_torch_sets_and_restores() -> None:
+    before = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    with pinned_torch(1):
+        assert torch.get_num_threads() == 1
+        assert torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == before
+    assert torch.are_deterministic_algorithms_enabled() == det
+    with pytest.raises(ValueError, match="threads"), pinned_torch(0):
+        pass
+
+
+def test_main_rejects_conflicting_weight_options(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        demo_main(["--pretrain", "--weights", str(tmp_path / "w.safetensors")])
+
+
 @pytest.mark.slow
-def test_quick_profile_on_real_data(tmp_path: Path) -> None:
-    """``cfmask demo --quick`` on the real Fashion-MNIST (installs it on Debian if root)."""
-    assert demo_main(["--quick", "--output", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
-    methods = results["methods"]
-    # The benchmark's premise: fine-tuning on the cue-laden data raises ID accuracy.
-    assert methods["vanilla"]["id"]["mean"] > methods["zero-shot"]["id"]["mean"]
-    for name in ("results.csv", "tradeoff.png", "examples.png"):
-        assert (tmp_path / name).stat().st_size > 0
+def test_workers_do_not_change_the_numbers(tmp_path: Path, no_system_data: None) -> None:
+    """Two worker processes give exactly the figures of the in-process run."""
+    _fake_fashion(tmp_path / "data", n_train=260, n_test=120)
+    weights = _tiny_weights(tmp_path, tmp_path / "data")
+    one = run_demo(_tiny_profile(1), tmp_path / "a", tmp_path / "data", weights=weights)
+    two = run_demo(_tiny_profile(2), tmp_path / "b", tmp_path / "data", weights=weights)
+
+    def strip(payload: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        return [
+            {k: v for k, v in r.items() if k != "seconds"} for r in payload["methods"][key]["seeds"]
+        ]
+
+    for key in one["methods"]:
+        assert strip(one, key) == strip(two, key), key

@@ -25,6 +25,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,9 +44,13 @@ __all__ = (
     "BenchmarkConfig",
     "DatasetNotFoundError",
     "ImageSet",
+    "PoolConfig",
+    "RawData",
     "build_benchmark",
+    "build_pretrain_pool",
     "find_fashion_mnist",
     "load_fashion_mnist",
+    "pool_indices",
     "read_idx",
     "render_backgrounds",
 )
@@ -561,48 +566,70 @@ def _concat(parts: Sequence[ImageSet], rng: np.random.Generator, description: st
 
 
 @dataclass(frozen=True)
+class PoolConfig:
+    """The pre-training pool: the pre-trained model's "broad" data.
+
+    The pool is drawn from the official train split with its own seed, independent of
+    the benchmark's data seed, so one pre-trained model serves every data seed: the
+    fine-tuning and validation garments always come from the rest of the train split
+    (see :func:`pool_indices`), and the test garments from the test split.
+
+    Attributes:
+        n_images: Images in the pool.
+        sketch_fraction: Share of sketch-style images (ink edges on paper).
+        rendition_fraction: Share of rendition-style images (garment painted in colour).
+        scale: Range of the garment's side in pixels.
+        image_size: Canvas side in pixels.
+        seed: Seed of the garment choice and of the compositing.
+    """
+
+    n_images: int = 50000
+    sketch_fraction: float = 0.15
+    rendition_fraction: float = 0.15
+    scale: tuple[int, int] = (18, 26)
+    image_size: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class BenchmarkConfig:
-    """Sizes and knobs of the benchmark.
+    """Sizes and knobs of the benchmark (everything but the pre-training pool).
 
     Attributes:
         image_size: Canvas side in pixels.
-        n_pretrain: Images in the teacher's pre-training pool (from the official train split).
-        n_finetune: Fine-tuning training images (disjoint garments).
-        n_val: ID validation images (same distribution as fine-tuning; used for model selection).
-        n_test: Images per test set (ID and each OOD set; disjoint test-split garments).
+        n_finetune: Fine-tuning training images (train-split garments outside the pool).
+        n_val: ID validation images (same distribution as fine-tuning; used for every choice).
+        n_test: Images per test set (ID and each OOD set). Each set draws its own
+            ``n_test`` distinct garments from the test split, so when ``6 * n_test``
+            exceeds the 10 000 test garments, two sets can show the same garment in
+            different renderings; no test garment is ever seen in training.
         cue_strength: Probability that a fine-tuning image shows its class's cue family.
         v2_cue_strength: Cue strength of the re-sampled (ImageNet-V2-like) set.
-        pretrain_sketch_fraction: Share of sketch-style images in the pre-training pool.
-        pretrain_rendition_fraction: Share of rendition-style images in the pre-training pool.
-        seed: Seed of the data generator (the data is the same for every training seed).
+        seed: The data seed: which garments, backgrounds and positions each split gets.
+            The pre-training pool does not depend on it (see :class:`PoolConfig`).
     """
 
     image_size: int = 32
-    n_pretrain: int = 12000
     n_finetune: int = 4000
     n_val: int = 1000
-    n_test: int = 1000
+    n_test: int = 2000
     cue_strength: float = 0.9
     v2_cue_strength: float = 0.7
-    pretrain_sketch_fraction: float = 0.15
-    pretrain_rendition_fraction: float = 0.15
     seed: int = 0
 
 
 @dataclass
 class Benchmark:
-    """All splits of Shifted Fashion-MNIST.
+    """All fine-tuning and evaluation splits of Shifted Fashion-MNIST.
 
     Attributes:
         config: How it was built.
-        pretrain: Teacher pre-training pool (class-independent backgrounds).
         train: Fine-tuning training split (spurious cue).
         val: ID validation split (same distribution as ``train``).
         tests: ``"id"`` and the five OOD sets, in :data:`TEST_SET_DOCS` order.
     """
 
     config: BenchmarkConfig
-    pretrain: ImageSet
     train: ImageSet
     val: ImageSet
     tests: dict[str, ImageSet] = field(default_factory=dict)
@@ -613,71 +640,109 @@ class Benchmark:
         return [k for k in self.tests if k != "id"]
 
 
-def build_benchmark(
-    config: BenchmarkConfig,
-    data: tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8]],
-) -> Benchmark:
-    """Build every split of the benchmark from raw Fashion-MNIST arrays.
+RawData = tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8]]
+
+#: Offset between a pool seed and the seed of its garment permutation, so that the
+#: pool's choice of garments never coincides with a benchmark data seed's generator.
+_POOL_SEED_OFFSET = 7_919
+
+
+def pool_indices(n_train: int, pool: PoolConfig) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Split the train split into the pre-training pool and the rest.
 
     Args:
-        config: Sizes and knobs.
-        data: ``(train_images, train_labels, test_images, test_labels)`` as from
-            :func:`load_fashion_mnist`.
+        n_train: Number of train-split garments (60 000 for Fashion-MNIST).
+        pool: The pool's size and seed.
 
     Returns:
-        The :class:`Benchmark`; deterministic given ``config.seed``.
+        ``(pool, rest)`` index arrays; ``rest`` is sorted, so the fine-tuning and
+        validation splits depend only on the benchmark's data seed.
+
+    Raises:
+        ValueError: If the pool does not fit into the train split.
+    """
+    if not 0 < pool.n_images <= n_train:
+        raise ValueError(
+            f"the pre-training pool asks for {pool.n_images} garments but the train split "
+            f"has {n_train}; lower PoolConfig.n_images"
+        )
+    perm = np.random.default_rng(_POOL_SEED_OFFSET + pool.seed).permutation(n_train)
+    return perm[: pool.n_images], np.sort(perm[pool.n_images :])
+
+
+def build_pretrain_pool(pool: PoolConfig, data: RawData, chunk: int = 10000) -> ImageSet:
+    """Composite the pre-training pool.
+
+    Mostly photos on class-independent backgrounds, plus sketches and renditions (as
+    web-scale data holds drawings and art too). Built in chunks to bound memory.
+
+    Args:
+        pool: Size, style mix and seed.
+        data: Raw Fashion-MNIST as from :func:`load_fashion_mnist`.
+        chunk: Images composited at once.
+
+    Returns:
+        The pool, shuffled; deterministic given ``pool``.
+    """
+    tr_x, tr_y = data[0], data[1]
+    idx, _ = pool_indices(len(tr_x), pool)
+    rng = np.random.default_rng(pool.seed)
+    n_sk = round(pool.sketch_fraction * len(idx))
+    n_re = round(pool.rendition_fraction * len(idx))
+    groups = (
+        (idx[n_sk + n_re :], "independent", "photo"),
+        (idx[:n_sk], "paper", "sketch"),
+        (idx[n_sk : n_sk + n_re], "independent", "rendition"),
+    )
+    parts: list[ImageSet] = []
+    for sel, mode, style in groups:
+        for start in range(0, len(sel), chunk):
+            part = sel[start : start + chunk]
+            parts.append(
+                _compose(
+                    tr_x[part],
+                    tr_y[part],
+                    rng,
+                    size=pool.image_size,
+                    mode=mode,
+                    style=style,
+                    scale=pool.scale,
+                )
+            )
+    return _concat(parts, rng, "pre-training pool")
+
+
+def build_benchmark(config: BenchmarkConfig, data: RawData, pool: PoolConfig) -> Benchmark:
+    """Build the fine-tuning, validation and test splits from raw Fashion-MNIST arrays.
+
+    Args:
+        config: Sizes and knobs; ``config.seed`` is the data seed.
+        data: ``(train_images, train_labels, test_images, test_labels)`` as from
+            :func:`load_fashion_mnist`.
+        pool: The pre-trained model's pool; its garments are never used here.
+
+    Returns:
+        The :class:`Benchmark`; deterministic given ``config`` and ``pool``.
 
     Raises:
         ValueError: If the requested sizes exceed what Fashion-MNIST holds.
     """
     tr_x, tr_y, te_x, te_y = data
-    need_train = config.n_pretrain + config.n_finetune + config.n_val
-    need_test = 6 * config.n_test
-    if need_train > len(tr_x) or need_test > len(te_x):
+    _, rest = pool_indices(len(tr_x), pool)
+    need_train = config.n_finetune + config.n_val
+    if need_train > len(rest) or config.n_test > len(te_x):
         raise ValueError(
-            f"asked for {need_train} train-split and {need_test} test-split garments, "
-            f"but Fashion-MNIST has {len(tr_x)} and {len(te_x)}"
+            f"asked for {need_train} train-split garments outside the pre-training pool and "
+            f"{config.n_test} test-split garments per test set, but Fashion-MNIST has "
+            f"{len(rest)} (60 000 minus the pool's {pool.n_images}) and {len(te_x)}"
         )
     rng = np.random.default_rng(config.seed)
-    tr_perm = rng.permutation(len(tr_x))
-    te_perm = rng.permutation(len(te_x))
-    a, b = config.n_pretrain, config.n_pretrain + config.n_finetune
-    pre_i, ft_i, val_i = tr_perm[:a], tr_perm[a:b], tr_perm[b:need_train]
+    ft_perm = rest[rng.permutation(len(rest))]
+    ft_i, val_i = ft_perm[: config.n_finetune], ft_perm[config.n_finetune : need_train]
     s = config.image_size
-
-    def take(
-        i: NDArray[np.int64], x: NDArray[np.uint8], yy: NDArray[np.uint8]
-    ) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
-        return x[i], yy[i]
-
-    # The teacher's "broad" data: mostly photos on class-independent backgrounds, plus
-    # some renditions and sketches (as web-scale data holds art and drawings too).
-    n_sk = round(config.pretrain_sketch_fraction * len(pre_i))
-    n_re = round(config.pretrain_rendition_fraction * len(pre_i))
-    parts = [
-        _compose(
-            *take(pre_i[n_sk + n_re :], tr_x, tr_y), rng, size=s, mode="independent", scale=(18, 26)
-        ),
-        _compose(
-            *take(pre_i[:n_sk], tr_x, tr_y),
-            rng,
-            size=s,
-            mode="paper",
-            style="sketch",
-            scale=(18, 26),
-        ),
-        _compose(
-            *take(pre_i[n_sk : n_sk + n_re], tr_x, tr_y),
-            rng,
-            size=s,
-            mode="independent",
-            style="rendition",
-            scale=(18, 26),
-        ),
-    ]
-    pretrain = _concat([p for p in parts if len(p)], rng, "pre-training pool")
     train = _compose(
-        *take(ft_i, tr_x, tr_y),
+        tr_x[ft_i],
+        tr_y[ft_i],
         rng,
         size=s,
         mode="cue",
@@ -685,63 +750,26 @@ def build_benchmark(
         description="fine-tuning train",
     )
     val = _compose(
-        *take(val_i, tr_x, tr_y),
+        tr_x[val_i],
+        tr_y[val_i],
         rng,
         size=s,
         mode="cue",
         cue_strength=config.cue_strength,
         description="ID validation",
     )
-    m = config.n_test
-    slices = [te_perm[i * m : (i + 1) * m] for i in range(6)]
-    tests = {
-        "id": _compose(
-            *take(slices[0], te_x, te_y),
-            rng,
-            size=s,
-            mode="cue",
-            cue_strength=config.cue_strength,
-            description=TEST_SET_DOCS["id"],
-        ),
-        "resample": _compose(
-            *take(slices[1], te_x, te_y),
-            rng,
-            size=s,
-            mode="cue",
-            cue_strength=config.v2_cue_strength,
-            scale=(18, 22),
-            description=TEST_SET_DOCS["resample"],
-        ),
-        "sketch": _compose(
-            *take(slices[2], te_x, te_y),
-            rng,
-            size=s,
-            mode="paper",
-            style="sketch",
-            description=TEST_SET_DOCS["sketch"],
-        ),
-        "rendition": _compose(
-            *take(slices[3], te_x, te_y),
-            rng,
-            size=s,
-            mode="independent",
-            style="rendition",
-            description=TEST_SET_DOCS["rendition"],
-        ),
-        "new-backgrounds": _compose(
-            *take(slices[4], te_x, te_y),
-            rng,
-            size=s,
-            mode="unseen",
-            scale=(16, 26),
-            description=TEST_SET_DOCS["new-backgrounds"],
-        ),
-        "anti-cue": _compose(
-            *take(slices[5], te_x, te_y),
-            rng,
-            size=s,
-            mode="anti",
-            description=TEST_SET_DOCS["anti-cue"],
-        ),
+    recipes: dict[str, dict[str, Any]] = {
+        "id": {"mode": "cue", "cue_strength": config.cue_strength},
+        "resample": {"mode": "cue", "cue_strength": config.v2_cue_strength, "scale": (18, 22)},
+        "sketch": {"mode": "paper", "style": "sketch"},
+        "rendition": {"mode": "independent", "style": "rendition"},
+        "new-backgrounds": {"mode": "unseen", "scale": (16, 26)},
+        "anti-cue": {"mode": "anti"},
     }
-    return Benchmark(config=config, pretrain=pretrain, train=train, val=val, tests=tests)
+    tests: dict[str, ImageSet] = {}
+    for name, recipe in recipes.items():
+        sel = rng.permutation(len(te_x))[: config.n_test]
+        tests[name] = _compose(
+            te_x[sel], te_y[sel], rng, size=s, description=TEST_SET_DOCS[name], **recipe
+        )
+    return Benchmark(config=config, train=train, val=val, tests=tests)

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from cfmask.demo.stats import Check, Interval, mean_ci95
+
 #: The Greek letter alpha, spelled by name so that linters see no look-alike.
 ALPHA = "\N{GREEK SMALL LETTER ALPHA}"
 
@@ -19,6 +21,9 @@ __all__ = (
     "ALPHA",
     "MethodResult",
     "aggregate",
+    "delta_table",
+    "ood_avg",
+    "regime_table",
     "mask_quality_table",
     "plot_examples",
     "plot_tradeoff",
@@ -33,10 +38,17 @@ SeedResult = dict[str, Any]
 MethodResult = dict[str, Any]
 
 
-def _stat(values: Sequence[float]) -> dict[str, float]:
+def _stat(values: Sequence[float]) -> dict[str, Any]:
     arr = np.asarray(values, dtype=np.float64)
     std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-    return {"mean": round(float(arr.mean()), 2), "std": round(std, 2), "n": len(arr)}
+    iv = mean_ci95([float(v) for v in arr]).as_dict()
+    return {
+        "mean": round(float(arr.mean()), 2),
+        "std": round(std, 2),
+        "n": len(arr),
+        "ci95_low": iv["ci95_low"],
+        "ci95_high": iv["ci95_high"],
+    }
 
 
 def aggregate(per_seed: Sequence[SeedResult], ood_names: Sequence[str]) -> MethodResult:
@@ -48,7 +60,8 @@ def aggregate(per_seed: Sequence[SeedResult], ood_names: Sequence[str]) -> Metho
 
     Returns:
         ``{"val", "id", "ood": {name: stat}, "ood_avg", "seeds"}``; each stat is
-        ``{"mean", "std", "n"}``; ``ood_avg`` is computed per seed, then averaged.
+        ``{"mean", "std", "n", "ci95_low", "ci95_high"}`` (sample std; t-interval of
+        the mean, ``None`` with one seed); ``ood_avg`` is computed per seed, then averaged.
     """
     vals = [r["val"] for r in per_seed if r.get("val") is not None]
     return {
@@ -137,6 +150,66 @@ def mask_quality_table(rows: Sequence[Mapping[str, float]]) -> Table:
     return table
 
 
+def ood_avg(result: Mapping[str, Any], ood_names: Sequence[str]) -> float:
+    """The mean accuracy over the OOD sets of one per-seed result."""
+    return float(np.mean([result["ood"][k] for k in ood_names]))
+
+
+def regime_table(checks: Sequence[Check]) -> Table:
+    """Build the table of the pre-registered regime checks (R1-R4).
+
+    Args:
+        checks: From :func:`cfmask.demo.stats.regime_checks`.
+
+    Returns:
+        A :class:`rich.table.Table` with value, threshold and pass/fail per check.
+    """
+    table = Table(
+        title="Regime checks (pre-registered; zero-shot, vanilla, WiSE-FT 0.5 and FD only)",
+        header_style="bold",
+    )
+    for col, just in (("check", "left"), ("value", "right"), ("threshold", "right"), ("", "left")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for c in checks:
+        fmt = "{:.3f}" if c.name.startswith("R1") else "{:+.1f}"
+        table.add_row(
+            c.name,
+            fmt.format(c.value),
+            f"{c.direction} " + fmt.format(c.threshold),
+            "[green]pass[/green]" if c.passed else "[red]FAIL[/red]",
+        )
+    return table
+
+
+def _iv(iv: Interval) -> str:
+    if iv.n < 2:
+        return f"{iv.mean:+.2f} (1 seed, no CI)"
+    return f"{iv.mean:+.2f} [{iv.ci95_low:+.2f}, {iv.ci95_high:+.2f}]"
+
+
+def delta_table(
+    deltas: Mapping[str, Mapping[str, Interval]], labels: Mapping[str, str], title: str
+) -> Table:
+    """Build the table of paired differences to FD: mean and 95 % t-interval over seeds.
+
+    Args:
+        deltas: ``{method: {"id": Interval, "ood_avg": Interval}}``.
+        labels: Display names.
+        title: Table title.
+
+    Returns:
+        A :class:`rich.table.Table`.
+    """
+    table = Table(title=title, header_style="bold")
+    table.add_column("method")
+    table.add_column("Δ ID vs FD", justify="right")
+    table.add_column("Δ OOD avg vs FD", justify="right")
+    table.add_column("n", justify="right")
+    for key, d in deltas.items():
+        table.add_row(labels.get(key, key), _iv(d["id"]), _iv(d["ood_avg"]), str(d["id"].n))
+    return table
+
+
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     """Write ``payload`` as indented JSON."""
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
@@ -170,6 +243,30 @@ def write_csv(
             writer.writerow(row)
 
 
+def _half_width(stat: Mapping[str, Any]) -> float:
+    """Half-width of a stat's 95 % interval (0 when undefined)."""
+    low, high = stat.get("ci95_low"), stat.get("ci95_high")
+    if low is None or high is None:
+        return 0.0
+    return float(high - low) / 2
+
+
+def _with_ci_bars(points: Mapping[str, MethodResult]) -> dict[str, MethodResult]:
+    """Copy ``points`` with each ID and OOD-average ``std`` replaced by its 95 % half-width.
+
+    :func:`cfmask.plotting.draw_tradeoff` draws ``std`` as the error bar; the demo
+    draws the confidence interval of the mean instead (0 with one seed).
+    """
+    out: dict[str, MethodResult] = {}
+    for key, r in points.items():
+        out[key] = {
+            **r,
+            "id": {**r["id"], "std": _half_width(r["id"])},
+            "ood_avg": {**r["ood_avg"], "std": _half_width(r["ood_avg"])},
+        }
+    return out
+
+
 def plot_tradeoff(
     path: Path,
     points: Mapping[str, MethodResult],
@@ -182,7 +279,8 @@ def plot_tradeoff(
 
     Args:
         path: PNG file to write.
-        points: Aggregated results; each is drawn at (ID mean, OOD-avg mean) with std bars.
+        points: Aggregated results; each is drawn at (ID mean, OOD-avg mean) with bars
+            of the 95 % t-interval of each mean over seeds (none with one seed).
         labels: Display names.
         curves: Name -> list of ``{"alpha", "id", "ood_avg"}`` (WiSE-FT, WiSE-Ours),
             drawn on both panels.
@@ -197,13 +295,20 @@ def plot_tradeoff(
         (axes[0], left_keys, "Masking and refilling strategies (cf. Fig. 5)"),
         (axes[1], right_keys, "Integration with WiSE-FT (cf. Fig. 6)"),
     ):
-        draw_tradeoff(ax, curves, points, labels, keys, title)
+        draw_tradeoff(ax, curves, _with_ci_bars(points), labels, keys, title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_examples(path: Path, bench: Any, runner: Any, profile: Any, n: int = 6) -> None:
+def plot_examples(
+    path: Path,
+    bench: Any,
+    backbone: Any,
+    object_threshold: float,
+    context_threshold: float,
+    n: int = 6,
+) -> None:
     """Draw training images with their relevance map, masks and counterfactuals.
 
     Columns: the image; the relevance map of the pre-trained model (the student at
@@ -215,8 +320,9 @@ def plot_examples(path: Path, bench: Any, runner: Any, profile: Any, n: int = 6)
     Args:
         path: PNG file to write.
         bench: The :class:`~cfmask.demo.data.Benchmark`.
-        runner: The :class:`~cfmask.demo.runner.Runner` (gives the backbone and thresholds).
-        profile: The :class:`~cfmask.demo.runner.Profile`.
+        backbone: The pre-trained :class:`~cfmask.backbones.timm_vit.TimmViT`.
+        object_threshold: CAM threshold of the object mask.
+        context_threshold: CAM threshold of the context mask.
         n: Number of rows (one image of each of the first ``n`` classes).
     """
     import torch
@@ -234,13 +340,11 @@ def plot_examples(path: Path, bench: Any, runner: Any, profile: Any, n: int = 6)
     rows = [int(torch.nonzero(labels == c)[0]) for c in range(min(n, 10))]
     images = bench.train.float_images()[rows]
     targets = labels[rows]
-    backbone = runner.backbone()
-    ft = profile.finetune
     torch.manual_seed(0)
     scores = AttentionGradRelevance()(backbone, images, targets)
     grid, patch = backbone.grid_size, backbone.patch_size
-    obj = ObjectMasker(ft.object_threshold)(scores, len(rows), grid, images.device)
-    ctx = ContextMasker(ft.context_threshold)(scores, len(rows), grid, images.device)
+    obj = ObjectMasker(object_threshold)(scores, len(rows), grid, images.device)
+    ctx = ContextMasker(context_threshold)(scores, len(rows), grid, images.device)
     cf_obj = SingleImageRefiller()(images, obj, patch).images
     cf_ctx = SingleImageRefiller()(images, ctx, patch).images
     cf_multi = MultiImageRefiller()(images, obj, patch).images
@@ -253,9 +357,9 @@ def plot_examples(path: Path, bench: Any, runner: Any, profile: Any, n: int = 6)
         "image",
         "relevance (pre-trained)",
         "true garment",
-        f"object mask t={ft.object_threshold}",
+        f"object mask t={object_threshold}",
         "object, single-fill",
-        f"context mask t={ft.context_threshold}",
+        f"context mask t={context_threshold}",
         "context, single-fill",
         "object, multi-fill",
     ]

@@ -1,16 +1,24 @@
-"""The experiment runner of the demo: every method on the same data and seeds.
+"""The experiment runner of the demo: methods built from library components, run as jobs.
 
 Every fine-tuning run goes through the library's own
-:class:`~cfmask.finetuner.CounterfactualFineTuner` and a Lightning ``Trainer``;
-only the components differ between methods. WiSE-FT curves use
-:func:`cfmask.weights.interpolate_state_dicts`.
+:class:`~cfmask.finetuner.CounterfactualFineTuner` and a Lightning ``Trainer``; a
+method is nothing but the components handed to it (:class:`Method`). WiSE-FT
+mixtures use :func:`cfmask.weights.interpolate_state_dicts`.
+
+Each run is a self-contained :class:`Job` executed at a fixed torch thread count
+(``FineTuneConfig.threads``, 1 by default) with deterministic algorithms and a fixed
+seed, so its numbers depend neither on the machine's core count nor on which worker
+runs it. :class:`JobRunner` runs jobs in the current process or in a pool of worker
+processes (``Profile.workers``); the pool only changes the wall time.
 """
 
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from cfmask.demo.data import Benchmark, BenchmarkConfig, ImageSet, TensorImageDataset
-from cfmask.demo.teacher import ModelConfig, PretrainConfig, accuracy, build_backbone
+from cfmask.demo.teacher import ModelConfig, PretrainConfig, accuracy, build_backbone, pinned_torch
 from cfmask.finetuner import CounterfactualFineTuner
 from cfmask.functional.patches import patch_mask_to_pixels
 from cfmask.losses import DistillationLoss, FeatureDistillationLoss, LogitDistillationLoss
@@ -35,23 +43,29 @@ from cfmask.masking import (
     Refiller,
     SingleImageRefiller,
 )
-from cfmask.relevance import AttentionGradRelevance
+from cfmask.relevance import AttentionGradRelevance, RelevanceMap
 from cfmask.weights import interpolate_state_dicts
 
 __all__ = (
     "PROFILES",
     "FineTuneConfig",
+    "Job",
+    "JobResult",
+    "JobRunner",
+    "MaskFractionMeter",
     "MaskQualityMeter",
-    "MethodSpec",
+    "Method",
     "Profile",
-    "Runner",
-    "method_specs",
+    "fd_method",
+    "kd_method",
+    "masking_method",
+    "vanilla_method",
 )
 
 
 @dataclass(frozen=True)
 class FineTuneConfig:
-    """Fine-tuning recipe shared by every method.
+    """Fine-tuning recipe shared by every method, and the grids of every choice.
 
     Attributes:
         steps: Optimisation steps per run.
@@ -59,13 +73,16 @@ class FineTuneConfig:
         lr: Peak AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warm-up steps of the warm-up + cosine schedule.
-        object_threshold: CAM threshold of object masking.
-        context_threshold: CAM threshold of context masking.
-        random_ratio: Masking probability of random masking.
-        kd_weight: Weight ``gamma`` of the logit distillation (KD, WiSE-KD).
+        threads: Torch threads of every run (fixed, so figures do not depend on the
+            machine's core count).
+        betas: The beta grid of :data:`cfmask.demo.stats.BETA_RULE`.
+        beta_tolerance: ID validation points FD may lose to vanilla under the rule.
+        object_thresholds: CAM thresholds tried for object masks (chosen on ID val).
+        context_thresholds: CAM thresholds tried for context masks (chosen on ID val).
+        random_ratios: Masking rates tried for random masks (chosen on ID val).
+        kd_weight: Weight ``gamma`` of the logit distillation (KD).
         kd_temperature: Temperature of the logit distillation.
-        betas: Values of ``beta`` tried on the ID validation split (object + single fill).
-        wise_alphas: Mixing coefficients of the WiSE-FT and WiSE-Ours curves.
+        wise_alphas: Mixing coefficients of the WiSE-FT curve.
     """
 
     steps: int = 80
@@ -73,12 +90,14 @@ class FineTuneConfig:
     lr: float = 8e-4
     weight_decay: float = 0.1
     warmup_steps: int = 8
-    object_threshold: float = 0.4
-    context_threshold: float = 0.4
-    random_ratio: float = 0.5
+    threads: int = 1
+    betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
+    beta_tolerance: float = 2.0
+    object_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
+    context_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
+    random_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
     kd_weight: float = 1.0
     kd_temperature: float = 4.0
-    betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
     wise_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -88,11 +107,14 @@ class Profile:
 
     Attributes:
         name: Profile name.
-        bench: Benchmark sizes.
-        model: Architecture.
-        pretrain: Teacher recipe.
-        finetune: Fine-tuning recipe.
-        seeds: Number of training seeds.
+        bench: Benchmark sizes (and the data seed).
+        model: Architecture (must match the pre-trained weights).
+        pretrain: Recipe of the pre-trained model (used by ``--pretrain``).
+        finetune: Fine-tuning recipe and selection grids.
+        seeds: Number of paired training seeds.
+        select: Whether beta, thresholds and rates are chosen on ID validation (else
+            the middle of each grid is used, as ``--quick`` does).
+        workers: Worker processes (wall time only; every run is pinned).
         mask_thresholds: Thresholds of the Table 2-like mask measurement.
         mask_every: Measure the masks on every ``mask_every``-th training batch.
     """
@@ -102,89 +124,145 @@ class Profile:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
-    seeds: int = 2
+    seeds: int = 3
+    select: bool = True
+    workers: int = 2
     mask_thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
     mask_every: int = 4
 
 
 PROFILES: dict[str, Profile] = {
-    "default": Profile(name="default", bench=BenchmarkConfig(n_test=500)),
+    "default": Profile(name="default", bench=BenchmarkConfig(n_test=2000)),
     "quick": Profile(
         name="quick",
-        bench=BenchmarkConfig(n_pretrain=4000, n_finetune=1500, n_val=300, n_test=250),
-        pretrain=PretrainConfig(epochs=4),
-        finetune=FineTuneConfig(
-            steps=30, lr=1e-3, warmup_steps=3, betas=(0.3, 1.0), wise_alphas=(0.0, 0.5, 1.0)
-        ),
+        bench=BenchmarkConfig(n_finetune=4000, n_val=500, n_test=1000),
+        finetune=FineTuneConfig(betas=(0.3, 1.0), wise_alphas=(0.0, 0.5, 1.0)),
         seeds=1,
+        select=False,
         mask_every=2,
     ),
 }
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """One fine-tuning method of the comparison.
+class Method:
+    """One fine-tuning method: the library components handed to the fine-tuner.
 
     Attributes:
         key: Identifier used in results.json.
         label: Display name.
-        masker: ``"object"``, ``"context"``, ``"random"`` or ``None`` (no masking).
-        refill: ``"single"`` or ``"multi"`` (ignored without a masker).
-        feature: ``"counterfactual"``, ``"clean"`` or ``None``: the feature distillation term.
-        kd: ``None``, ``"zero-shot"`` (KD from the pre-trained model) or ``"wise"``
-            (KD from the WiSE-FT model at alpha 0.5, i.e. WiSE-KD).
-        group: ``"baseline"`` or ``"ours"``.
+        distillation: Distillation terms (empty for vanilla fine-tuning).
+        masker: Masker, or ``None`` for ``x_cf = x``.
+        refiller: Refiller (with a masker).
+        relevance: Relevance map for maskers that need one.
+        group: ``"baseline"`` or ``"masking"``.
     """
 
     key: str
     label: str
-    masker: str | None = None
-    refill: str = "single"
-    feature: str | None = None
-    kd: str | None = None
+    distillation: tuple[DistillationLoss, ...] = ()
+    masker: Masker | None = None
+    refiller: Refiller | None = None
+    relevance: RelevanceMap | None = None
     group: str = "baseline"
 
+    def components(self) -> dict[str, Any]:
+        """Fresh copies of the components, as keyword arguments of the fine-tuner."""
+        return {
+            "masker": copy.deepcopy(self.masker),
+            "refiller": copy.deepcopy(self.refiller),
+            "relevance": copy.deepcopy(self.relevance),
+            "distillation": [copy.deepcopy(t) for t in self.distillation],
+        }
 
-def method_specs() -> list[MethodSpec]:
-    """Return the fine-tuned methods, in table order (zero-shot and WiSE-FT are added apart).
+    def config(self) -> dict[str, Any]:
+        """The components' ``{"class_path", "init_args"}`` configs (for results.json)."""
+        return {
+            "masker": None if self.masker is None else self.masker.config(),
+            "refiller": None if self.refiller is None else self.refiller.config(),
+            "relevance": None if self.relevance is None else self.relevance.config(),
+            "distillation": [t.config() for t in self.distillation],
+        }
+
+
+def vanilla_method() -> Method:
+    """Vanilla fine-tuning: cross-entropy only."""
+    return Method("vanilla", "Vanilla FT")
+
+
+def fd_method(beta: float) -> Method:
+    """Feature distillation without masks (``x_cf = x``), the paper's "no masking" row."""
+    return Method(
+        "fd", "FD (no mask)", distillation=(FeatureDistillationLoss(weight=beta, inputs="clean"),)
+    )
+
+
+def kd_method(weight: float, temperature: float) -> Method:
+    """Logit distillation from the pre-trained model on clean images (KD)."""
+    return Method(
+        "kd", "KD", distillation=(LogitDistillationLoss(weight=weight, temperature=temperature),)
+    )
+
+
+def masking_method(
+    key: str, label: str, masker: Masker, beta: float, refiller: Refiller | None = None
+) -> Method:
+    """Counterfactual fine-tuning: feature distillation on masked-and-refilled images.
+
+    Args:
+        key: Identifier.
+        label: Display name.
+        masker: The masker (e.g. ``ObjectMasker(0.4)``).
+        beta: Weight of the feature distillation.
+        refiller: Defaults to :class:`~cfmask.masking.SingleImageRefiller`.
 
     Returns:
-        The method list.
+        The method; relevance is :class:`~cfmask.relevance.AttentionGradRelevance` of
+        the student when the masker needs one.
     """
-    specs = [
-        MethodSpec("vanilla", "Vanilla FT"),
-        MethodSpec("fd", "FD (no mask)", feature="clean"),
-        MethodSpec("kd", "KD", kd="zero-shot"),
-    ]
-    for masker in ("object", "context", "random"):
-        for refill in ("single", "multi"):
-            specs.append(
-                MethodSpec(
-                    f"ours-{masker}-{refill}",
-                    f"Ours {masker}/{refill}",
-                    masker=masker,
-                    refill=refill,
-                    feature="counterfactual",
-                    group="ours",
-                )
-            )
-    specs.append(
-        MethodSpec(
-            "wise-kd",
-            "WiSE-KD",
-            masker="object",
-            refill="single",
-            feature="counterfactual",
-            kd="wise",
-            group="ours",
-        )
+    return Method(
+        key,
+        label,
+        distillation=(FeatureDistillationLoss(weight=beta, inputs="counterfactual"),),
+        masker=masker,
+        refiller=refiller if refiller is not None else SingleImageRefiller(),
+        relevance=AttentionGradRelevance() if masker.requires_relevance else None,
+        group="masking",
     )
-    return specs
 
 
-class _StepProgress(pl.Callback):
-    """Advance a progress-bar task after every training step."""
+def standard_masking_methods(
+    beta: float, object_t: float, context_t: float, random_p: float, *, multi: bool = False
+) -> list[Method]:
+    """The CAM object, CAM context and random maskers with the single-image fill.
+
+    Args:
+        beta: Feature distillation weight.
+        object_t: Object-mask CAM threshold.
+        context_t: Context-mask CAM threshold.
+        random_p: Random masking rate.
+        multi: Also add the multi-image fill of each masker.
+
+    Returns:
+        The methods, object first.
+    """
+    fills: list[tuple[str, Callable[[], Refiller]]] = [("single", SingleImageRefiller)]
+    if multi:
+        fills.append(("multi", MultiImageRefiller))
+    out = []
+    for name, masker, what in (
+        ("object", ObjectMasker(threshold=object_t), f"t={object_t:g}"),
+        ("context", ContextMasker(threshold=context_t), f"t={context_t:g}"),
+        ("random", RandomMasker(ratio=random_p), f"p={random_p:g}"),
+    ):
+        for fill, make in fills:
+            label = f"{name}/{fill} {what}"
+            out.append(masking_method(f"{name}-{fill}", label, copy.deepcopy(masker), beta, make()))
+    return out
+
+
+class _Progress(pl.Callback):
+    """Advance a progress callback after every training step."""
 
     def __init__(self, advance: Callable[[], None]) -> None:
         self._advance = advance
@@ -198,6 +276,38 @@ class _StepProgress(pl.Callback):
         batch_idx: int,
     ) -> None:
         self._advance()
+
+
+class MaskFractionMeter(pl.Callback):
+    """Average the fraction of masked patches over training.
+
+    Reads the ``train/mask_fraction`` value the fine-tuner logs after every step
+    (``trainer.callback_metrics``, Lightning's public record of logged values).
+
+    Attributes:
+        values: One fraction per step (empty for methods without a mask).
+    """
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Record this step's fraction, if the fine-tuner logged one."""
+        value = trainer.callback_metrics.get("train/mask_fraction")
+        if value is not None:
+            self.values.append(float(value))
+
+    @property
+    def mean(self) -> float | None:
+        """Mean fraction over the recorded steps, or ``None`` without any."""
+        return sum(self.values) / len(self.values) if self.values else None
 
 
 class MaskQualityMeter(pl.Callback):
@@ -302,114 +412,84 @@ def _quiet_lightning() -> Iterator[None]:
             lg.setLevel(level)
 
 
+#: ``{"val": float, "id": float, "ood": {set: float}}`` plus extras, for one model.
 SeedResult = dict[str, Any]
 
 
-class Runner:
-    """Runs and evaluates the methods of one demo profile.
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: a fine-tuning run, or the evaluation of WiSE-FT mixtures.
 
-    Args:
-        profile: Sizes and recipes.
-        bench: The benchmark data.
-        teacher_path: The pre-trained weights (a timm state dict).
-        work_dir: Folder for intermediate weights (WiSE-FT teachers).
-        progress: Callbacks ``(start(description, total), advance())`` of a progress display.
+    Attributes:
+        tag: Free-form identifier the caller uses to file the result.
+        seed: Training seed (initialisation order, data order, masks, donors).
+        method: The method to fine-tune with (``None`` for a WiSE-only job).
+        keep_state: Return the fine-tuned state dict.
+        wise_alphas: Evaluate these WiSE-FT mixtures of the fine-tuned model (or of
+            ``wise_state``) with the pre-trained weights.
+        wise_state: A fine-tuned state dict to mix instead of training (``method=None``).
+        mask_quality: Measure CAM object masks against the exact masks.
+        val_only: Evaluate on the ID validation split only (selection runs).
     """
 
-    def __init__(
-        self,
-        profile: Profile,
-        bench: Benchmark,
-        teacher_path: Path,
-        work_dir: Path,
-        progress: tuple[Callable[[str, int], None], Callable[[], None]] | None = None,
-    ) -> None:
+    tag: str
+    seed: int
+    method: Method | None = None
+    keep_state: bool = False
+    wise_alphas: tuple[float, ...] = ()
+    wise_state: Mapping[str, Tensor] | None = None
+    mask_quality: bool = False
+    val_only: bool = False
+
+
+@dataclass
+class JobResult:
+    """What a :class:`Job` returns.
+
+    Attributes:
+        tag: The job's tag.
+        result: Accuracies of the fine-tuned model (``None`` for a WiSE-only job),
+            with ``seconds`` and, for masked methods, ``mask_fraction``.
+        wise: One result per WiSE-FT alpha, each with an ``alpha`` entry.
+        state: The fine-tuned state dict when ``keep_state``.
+        mask_quality: Rows of :meth:`MaskQualityMeter.rows` when requested.
+    """
+
+    tag: str
+    result: SeedResult | None
+    wise: list[SeedResult] = field(default_factory=list)
+    state: dict[str, Tensor] | None = None
+    mask_quality: list[dict[str, float]] | None = None
+
+
+class _Context:
+    """What every job needs: profile, data and the pre-trained weights."""
+
+    def __init__(self, profile: Profile, bench: Benchmark, weights: Path) -> None:
         self.profile = profile
         self.bench = bench
-        self.teacher_path = teacher_path
-        self.work_dir = work_dir
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._progress = progress
-        self.timings: dict[str, float] = {}
+        self.weights = weights
         self._zero_shot: dict[str, Tensor] | None = None
 
-    # ----------------------------------------------------------------- models
     def backbone(self) -> Any:
-        """A fresh :class:`TimmViT` loaded with the pre-trained weights."""
-        return build_backbone(self.profile.model, pretrained=str(self.teacher_path))
+        return build_backbone(self.profile.model, pretrained=str(self.weights))
 
     def zero_shot_state(self) -> dict[str, Tensor]:
-        """The pre-trained backbone's state dict (``theta_0`` of WiSE-FT)."""
         if self._zero_shot is None:
             self._zero_shot = {k: v.clone() for k, v in self.backbone().state_dict().items()}
         return self._zero_shot
 
-    def evaluate(self, backbone: torch.nn.Module) -> SeedResult:
-        """Accuracy (%) on the ID validation split, the ID test set and every OOD set."""
+    def evaluate(self, backbone: torch.nn.Module, val_only: bool = False) -> SeedResult:
         tests = self.bench.tests
-        return {
-            "val": accuracy(backbone, self.bench.val),
-            "id": accuracy(backbone, tests["id"]),
-            "ood": {k: accuracy(backbone, v) for k, v in tests.items() if k != "id"},
-        }
-
-    def evaluate_state(self, state: Mapping[str, Tensor]) -> SeedResult:
-        """Evaluate a backbone state dict (e.g. a WiSE-FT mixture)."""
-        model = self.backbone()
-        model.load_state_dict(dict(state))
-        return self.evaluate(model)
-
-    def _components(self, spec: MethodSpec, beta: float, seed: int) -> dict[str, Any]:
-        ft = self.profile.finetune
-        masker: Masker | None = None
-        refiller: Refiller | None = None
-        if spec.masker == "object":
-            masker = ObjectMasker(threshold=ft.object_threshold)
-        elif spec.masker == "context":
-            masker = ContextMasker(threshold=ft.context_threshold)
-        elif spec.masker == "random":
-            masker = RandomMasker(ratio=ft.random_ratio)
-        if masker is not None:
-            refiller = SingleImageRefiller() if spec.refill == "single" else MultiImageRefiller()
-        terms: list[DistillationLoss] = []
-        if spec.feature is not None:
-            terms.append(FeatureDistillationLoss(weight=beta, inputs=spec.feature))  # type: ignore[arg-type]
-        if spec.kd == "zero-shot":
-            terms.append(LogitDistillationLoss(weight=ft.kd_weight, temperature=ft.kd_temperature))
-        elif spec.kd == "wise":
-            wise = self.work_dir / f"wise-ft-0.5-seed{seed}.pt"
-            terms.append(
-                LogitDistillationLoss(
-                    weight=ft.kd_weight, temperature=ft.kd_temperature, teacher=str(wise)
-                )
-            )
-        return {
-            "masker": masker,
-            "refiller": refiller,
-            "relevance": AttentionGradRelevance()
-            if masker is not None and masker.requires_relevance
-            else None,
-            "distillation": terms,
-        }
+        out: SeedResult = {"val": accuracy(backbone, self.bench.val)}
+        if not val_only:
+            out["id"] = accuracy(backbone, tests["id"])
+            out["ood"] = {k: accuracy(backbone, v) for k, v in tests.items() if k != "id"}
+        return out
 
     def fine_tune(
-        self,
-        spec: MethodSpec,
-        seed: int,
-        beta: float,
-        callbacks: Sequence[pl.Callback] = (),
-    ) -> tuple[SeedResult, dict[str, Tensor]]:
-        """Fine-tune the pre-trained model with one method and evaluate it.
-
-        Args:
-            spec: The method.
-            seed: Training seed (initial data order, masks, donors).
-            beta: Weight of the feature distillation term.
-            callbacks: Extra Lightning callbacks.
-
-        Returns:
-            ``(accuracies, student state dict)``.
-        """
+        self, method: Method, seed: int, callbacks: Sequence[pl.Callback]
+    ) -> CounterfactualFineTuner:
         ft = self.profile.finetune
         pl.seed_everything(seed, workers=True, verbose=False)
         model = CounterfactualFineTuner(
@@ -418,30 +498,21 @@ class Runner:
             weight_decay=ft.weight_decay,
             schedule="warmup_cosine",
             warmup_steps=ft.warmup_steps,
-            **self._components(spec, beta, seed),
+            **method.components(),
         )
-        gen = torch.Generator().manual_seed(seed)
         loader = DataLoader(
             TensorImageDataset(self.bench.train),
             batch_size=ft.batch_size,
             shuffle=True,
             drop_last=True,
-            generator=gen,
+            generator=torch.Generator().manual_seed(seed),
             num_workers=0,
         )
-        cbs: list[pl.Callback] = list(callbacks)
-        if self._progress is not None:
-            start, advance = self._progress
-            start(
-                f"{spec.label} · seed {seed}" + (f" · β={beta:g}" if spec.feature else ""), ft.steps
-            )
-            cbs.append(_StepProgress(advance))
-        t0 = time.perf_counter()
         with _quiet_lightning():
             trainer = pl.Trainer(
                 max_steps=ft.steps,
                 max_epochs=-1,
-                accelerator="auto",
+                accelerator="cpu",
                 devices=1,
                 logger=False,
                 enable_checkpointing=False,
@@ -449,50 +520,143 @@ class Runner:
                 enable_model_summary=False,
                 num_sanity_val_steps=0,
                 limit_val_batches=0,
-                callbacks=cbs,
-                deterministic=False,
+                callbacks=list(callbacks),
+                deterministic=True,
             )
             trainer.fit(model, train_dataloaders=loader)
-        student = model.student.cpu()
-        result = self.evaluate(student)
-        result["seconds"] = round(time.perf_counter() - t0, 1)
-        state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-        return result, state
+        return model
 
-    def wise_curve(
-        self,
-        state: Mapping[str, Tensor],
-        alphas: Sequence[float],
-        cache: Mapping[float, SeedResult] | None = None,
-    ) -> list[SeedResult]:
-        """Evaluate WiSE-FT mixtures ``(1 - alpha) * zero-shot + alpha * state``.
+    def run(self, job: Job, advance: Callable[[], None] | None = None) -> JobResult:
+        with pinned_torch(self.profile.finetune.threads):
+            return self._run(job, advance)
 
-        Args:
-            state: Fine-tuned backbone state dict.
-            alphas: Mixing coefficients.
-            cache: Already known results by alpha (0 and 1 are usually known).
-
-        Returns:
-            One result per alpha, each with an ``alpha`` entry.
-        """
-        out = []
-        for alpha in alphas:
-            if cache is not None and alpha in cache:
-                res = copy.deepcopy(dict(cache[alpha]))
-            else:
-                res = self.evaluate_state(
+    def _run(self, job: Job, advance: Callable[[], None] | None) -> JobResult:
+        t0 = time.perf_counter()
+        out = JobResult(tag=job.tag, result=None)
+        state: Mapping[str, Tensor] | None = job.wise_state
+        if job.method is not None:
+            fraction = MaskFractionMeter()
+            cbs: list[pl.Callback] = [fraction]
+            quality = None
+            if job.mask_quality:
+                quality = MaskQualityMeter(
+                    self.bench.train, self.profile.mask_thresholds, self.profile.mask_every
+                )
+                cbs.append(quality)
+            if advance is not None:
+                cbs.append(_Progress(advance))
+            model = self.fine_tune(job.method, job.seed, cbs)
+            student = model.student.cpu()
+            res = self.evaluate(student, job.val_only)
+            if fraction.mean is not None:
+                res["mask_fraction"] = round(fraction.mean, 4)
+            out.result = res
+            if quality is not None:
+                out.mask_quality = quality.rows()
+            state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+            if job.keep_state:
+                out.state = dict(state)
+        if job.wise_alphas:
+            if state is None:
+                raise ValueError("a WiSE-FT job needs a method or a wise_state")
+            for alpha in job.wise_alphas:
+                model_b = self.backbone()
+                model_b.load_state_dict(
                     interpolate_state_dicts(self.zero_shot_state(), state, alpha)
                 )
-            res["alpha"] = alpha
-            out.append(res)
+                res = self.evaluate(model_b)
+                res["alpha"] = alpha
+                out.wise.append(res)
+        seconds = round(time.perf_counter() - t0, 1)
+        if out.result is not None:
+            out.result["seconds"] = seconds
         return out
 
-    def wise_state(self, state: Mapping[str, Tensor], alpha: float) -> dict[str, Tensor]:
-        """Return the WiSE-FT mixture ``(1 - alpha) * zero-shot + alpha * state``."""
-        return interpolate_state_dicts(self.zero_shot_state(), state, alpha)
 
-    def save_state(self, state: Mapping[str, Tensor], name: str) -> Path:
-        """Save a backbone state dict into the work folder and return its path."""
-        path = self.work_dir / name
-        torch.save(dict(state), path)
-        return path
+_WORKER: _Context | None = None
+
+
+def _init_worker(profile: Profile, bench: Benchmark, weights: Path) -> None:
+    global _WORKER
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    _WORKER = _Context(profile, bench, weights)
+
+
+def _run_in_worker(job: Job) -> JobResult:
+    if _WORKER is None:  # pragma: no cover - the initializer always ran
+        raise RuntimeError("worker not initialised")
+    return _WORKER.run(job)
+
+
+class JobRunner:
+    """Run :class:`Job` lists in this process or in worker processes.
+
+    Args:
+        profile: Sizes and recipes (``profile.workers`` processes; 1 = in-process).
+        bench: The benchmark data.
+        weights: The pre-trained weights file.
+    """
+
+    def __init__(self, profile: Profile, bench: Benchmark, weights: Path) -> None:
+        self.context = _Context(profile, bench, weights)
+        self.workers = max(1, profile.workers)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> JobRunner:
+        if self.workers > 1:
+            ctx = self.context
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(ctx.profile, ctx.bench, ctx.weights),
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def evaluate_zero_shot(self) -> SeedResult:
+        """Accuracies of the pre-trained model (at the pinned thread count)."""
+        ctx = self.context
+        with pinned_torch(ctx.profile.finetune.threads):
+            return ctx.evaluate(ctx.backbone())
+
+    def run(
+        self, jobs: Sequence[Job], on_done: Callable[[Job, JobResult], None] | None = None
+    ) -> dict[str, JobResult]:
+        """Run every job and return the results by tag.
+
+        Args:
+            jobs: The jobs (tags must be unique).
+            on_done: Called as each job finishes.
+
+        Returns:
+            Results by tag.
+
+        Raises:
+            ValueError: On duplicate tags.
+        """
+        tags = [j.tag for j in jobs]
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"duplicate job tags: {tags}")
+        out: dict[str, JobResult] = {}
+        if self._pool is None:
+            for job in jobs:
+                out[job.tag] = self.context.run(job)
+                if on_done is not None:
+                    on_done(job, out[job.tag])
+            return out
+        futures: dict[Future[JobResult], Job] = {
+            self._pool.submit(_run_in_worker, job): job for job in jobs
+        }
+        for fut in as_completed(futures):
+            job = futures[fut]
+            out[job.tag] = fut.result()
+            if on_done is not None:
+                on_done(job, out[job.tag])
+        return out

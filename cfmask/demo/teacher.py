@@ -1,21 +1,19 @@
 """The demo's backbone recipe and the pre-training of its "pre-trained" teacher.
 
 The teacher plays the part of CLIP in the paper: a model trained on broad data in
-which the background carries no information about the class. It is trained here,
-once per benchmark, with a plain supervised loop on the pre-training pool, and
-saved as a timm state dict that :class:`~cfmask.backbones.timm_vit.TimmViT`
-loads through its ``pretrained=<path>`` argument, exactly as a user would load
-real pre-trained weights.
+which the background carries no information about the class. It is trained once,
+with a plain supervised loop on the pre-training pool, by ``cfmask demo pretrain``,
+and shipped inside the package (see :mod:`cfmask.demo.pretrained`) as a timm state
+dict that :class:`~cfmask.backbones.timm_vit.TimmViT` loads through its
+``pretrained=<path>`` argument, exactly as a user would load real pre-trained weights.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,14 +21,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cfmask.backbones.timm_vit import TimmViT
-from cfmask.demo.data import ImageSet
+from cfmask.demo.data import ImageSet, PoolConfig
 
 __all__ = (
     "ModelConfig",
     "PretrainConfig",
     "accuracy",
     "build_backbone",
-    "load_or_pretrain_teacher",
+    "pinned_torch",
+    "pretrain_teacher",
 )
 
 
@@ -57,21 +56,29 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Supervised pre-training of the teacher.
+    """Supervised pre-training of the pre-trained model (the teacher).
 
     Attributes:
-        epochs: Passes over the pre-training pool.
+        pool: The pre-training pool.
+        epochs: Passes over the pool.
         batch_size: Images per step.
         lr: Peak AdamW learning rate of the one-cycle schedule.
         weight_decay: AdamW weight decay.
+        warmup_fraction: Share of the steps spent warming up (one-cycle ``pct_start``).
         seed: Seed of the initialisation and the data order.
+        threads: Torch CPU threads during pre-training. Float sums are reduced in a
+            different order with a different thread count, so the weights (and every
+            figure downstream) depend on it; it is part of the recipe.
     """
 
-    epochs: int = 8
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    epochs: int = 16
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
     seed: int = 0
+    threads: int = 1
 
 
 def build_backbone(model: ModelConfig, pretrained: bool | str = False) -> TimmViT:
@@ -94,68 +101,97 @@ def build_backbone(model: ModelConfig, pretrained: bool | str = False) -> TimmVi
     )
 
 
-def _fingerprint(model: ModelConfig, cfg: PretrainConfig, data_key: str) -> str:
-    text = json.dumps(
-        {"model": asdict(model), "pretrain": asdict(cfg), "data": data_key}, sort_keys=True
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+@contextmanager
+def pinned_torch(threads: int, *, deterministic: bool = True) -> Iterator[None]:
+    """Pin what changes numbers: the torch thread count and deterministic algorithms.
+
+    Restores the previous settings on exit.
+
+    Args:
+        threads: Torch intra-op threads to use.
+        deterministic: Whether to call ``torch.use_deterministic_algorithms(True)``.
+
+    Yields:
+        Nothing; the body runs with the pinned settings.
+
+    Raises:
+        ValueError: If ``threads`` is below 1.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
 
 
-def load_or_pretrain_teacher(
+def pretrain_teacher(
     pool: ImageSet,
     model: ModelConfig,
     cfg: PretrainConfig,
-    cache_dir: Path,
-    data_key: str,
     on_step: Callable[[int, int], None] | None = None,
-) -> tuple[Path, bool]:
-    """Return the path of the teacher's weights, training it unless a cached copy exists.
+    on_epoch: Callable[[int, TimmViT], None] | None = None,
+) -> dict[str, Tensor]:
+    """Train the pre-trained model from scratch on the pool (cross-entropy, AdamW, one-cycle).
+
+    Runs with :func:`pinned_torch` at ``cfg.threads`` threads, so the same recipe gives
+    the same weights on the same CPU kind and torch version.
 
     Args:
         pool: Pre-training images (class-independent backgrounds).
         model: Architecture.
         cfg: Training recipe.
-        cache_dir: Folder of the weights file (named by a hash of all settings).
-        data_key: A string that identifies the benchmark data (its configuration).
         on_step: Called as ``on_step(step, total)`` after every optimisation step.
+        on_epoch: Called as ``on_epoch(epoch, backbone)`` after every epoch (1-based).
 
     Returns:
-        ``(path, trained)`` where ``trained`` is ``False`` when the cache was used.
+        The timm model's state dict (CPU tensors), loadable by
+        :class:`~cfmask.backbones.timm_vit.TimmViT` through ``pretrained=<file>``.
+
+    Raises:
+        RuntimeError: If the loss becomes non-finite.
     """
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"teacher-{_fingerprint(model, cfg, data_key)}.pt"
-    if path.is_file():
-        return path, False
-    torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backbone = build_backbone(model).to(device)
-    x = pool.float_images().to(device)
-    y = pool.labels.to(device)
-    per_epoch = max(1, len(y) // cfg.batch_size)
-    total = cfg.epochs * per_epoch
-    opt = torch.optim.AdamW(backbone.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1
-    )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    backbone.train()
-    step = 0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(y), generator=gen).to(device)
-        for i in range(per_epoch):
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            loss = F.cross_entropy(backbone(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            sched.step()
-            step += 1
-            if on_step is not None:
-                on_step(step, total)
-    if not math.isfinite(float(loss.detach())):
-        raise RuntimeError("teacher pre-training diverged (non-finite loss); lower the lr")
-    torch.save({k: v.cpu() for k, v in backbone.model.state_dict().items()}, path)
-    return path, True
+    with pinned_torch(cfg.threads):
+        torch.manual_seed(cfg.seed)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        backbone = build_backbone(model).to(device)
+        y_all = pool.labels
+        per_epoch = max(1, len(y_all) // cfg.batch_size)
+        total = cfg.epochs * per_epoch
+        opt = torch.optim.AdamW(backbone.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.warmup_fraction
+        )
+        gen = torch.Generator().manual_seed(cfg.seed)
+        step = 0
+        for epoch in range(cfg.epochs):
+            backbone.train()
+            order = torch.randperm(len(y_all), generator=gen)
+            for i in range(per_epoch):
+                idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                x = pool.images[idx].to(device).float().div_(255.0)
+                loss = F.cross_entropy(backbone(x), y_all[idx].to(device))
+                if not math.isfinite(float(loss.detach())):
+                    raise RuntimeError(
+                        "pre-training diverged (non-finite loss); lower PretrainConfig.lr"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+                sched.step()
+                step += 1
+                if on_step is not None:
+                    on_step(step, total)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, backbone)
+    return {k: v.detach().cpu().contiguous() for k, v in backbone.model.state_dict().items()}
 
 
 @torch.no_grad()
