@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from cfmask.demo.stats import (
     Interval,
     choose_beta,
     choose_by_validation,
+    compare_to_reference,
     mean_ci95,
     paired_deltas,
     regime_checks,
@@ -141,3 +143,28 @@ def test_headline_reads_the_interval() -> None:
         "x",
     )
     assert "one seed" in single and "nothing resolved" in single
+
+
+def test_compare_to_reference_names_what_moved() -> None:
+    def payload(van_id: float, anti: float, extra: bool = True) -> dict[str, Any]:
+        methods: dict[str, Any] = {
+            "vanilla": {
+                "id": {"mean": van_id},
+                "ood_avg": {"mean": 40.0},
+                "ood": {"anti-cue": {"mean": anti}, "sketch": {"mean": 30.0}},
+            }
+        }
+        if extra:
+            methods["fd"] = {"id": {"mean": 1.0}, "ood_avg": {"mean": 1.0}, "ood": {}}
+        return {"methods": methods}
+
+    ref = payload(80.0, 50.0)
+    assert compare_to_reference(payload(80.5, 49.6), ref, 1.0) == []
+    moved = compare_to_reference(payload(78.0, 53.0), ref, 1.0)
+    assert moved == [
+        "method 'vanilla', set 'id': 80.0 -> 78.0 (moved -2.0, tolerance 1)",
+        "method 'vanilla', set 'anti-cue': 50.0 -> 53.0 (moved +3.0, tolerance 1)",
+    ]
+    assert compare_to_reference(payload(80.0, 50.0, extra=False), ref, 1.0) == [
+        "method 'fd' is missing from the new results"
+    ]

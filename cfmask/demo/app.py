@@ -587,8 +587,9 @@ def run_demo(
     }
     report.write_json(output / "results.json", payload)
     report.write_csv(output / "results.csv", methods, labels, ood)
+    (output / "results.md").write_text(report.markdown_report(payload))
     console.print(
-        f"wrote {output / 'results.json'}, {output / 'results.csv'}, "
+        f"wrote {output / 'results.json'}, {output / 'results.csv'}, {output / 'results.md'}, "
         f"{output / 'tradeoff.png'}, {output / 'examples.png'} in {timings['total_s']:.0f} s"
     )
     return payload

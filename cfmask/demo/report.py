@@ -28,6 +28,7 @@ __all__ = (
     "plot_examples",
     "plot_tradeoff",
     "results_table",
+    "markdown_report",
     "write_csv",
     "write_json",
 )
@@ -388,3 +389,67 @@ def plot_examples(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _md_stat(stat: Mapping[str, Any] | None) -> str:
+    if stat is None:
+        return "-"
+    text = f"{stat['mean']:.1f}"
+    if stat.get("n", 1) > 1:
+        text += f" ± {stat['std']:.1f}"
+    return text
+
+
+def _md_iv(iv: Mapping[str, Any]) -> str:
+    if iv["ci95_low"] is None:
+        return f"{iv['mean']:+.2f}"
+    return f"{iv['mean']:+.2f} [{iv['ci95_low']:+.2f}, {iv['ci95_high']:+.2f}]"
+
+
+def markdown_report(payload: Mapping[str, Any]) -> str:
+    """Render the regime checks, the results, the differences to FD and the mask table.
+
+    The same tables the run printed, as Markdown (the README and ``docs/demo.md``
+    are regenerated from this file).
+
+    Args:
+        payload: The content of ``results.json``.
+
+    Returns:
+        Markdown text.
+    """
+    ood = payload["benchmark"]["ood_sets"]
+    labels = payload["labels"]
+    lines = ["| check | value | threshold | pass |", "|---|---:|---:|---|"]
+    for name, c in payload["regime"].items():
+        fmt = "{:.3f}" if name.startswith("R1") else "{:+.1f}"
+        lines.append(
+            f"| {name} | {fmt.format(c['value'])} | {c['direction']} "
+            f"{fmt.format(c['threshold'])} | {'pass' if c['pass'] else '**fail**'} |"
+        )
+    lines += ["", "| method | ID val | ID test | " + " | ".join(ood) + " | OOD avg |"]
+    lines.append("|---|" + "---:|" * (len(ood) + 3))
+    for key, res in payload["methods"].items():
+        cells = [_md_stat(res["val"]), _md_stat(res["id"])]
+        cells += [_md_stat(res["ood"][k]) for k in ood] + [_md_stat(res["ood_avg"])]
+        lines.append(f"| {labels.get(key, key)} | " + " | ".join(cells) + " |")
+    beta = payload["selection"]["beta"]
+    tables = [(f"{beta:g}", payload["delta_vs_fd"])]
+    tables += [
+        (b, d) for b, d in payload.get("delta_vs_fd_by_beta", {}).items() if b != f"{beta:g}"
+    ]
+    lines += ["", "| β | method | Δ ID vs FD | Δ OOD avg vs FD | n |", "|---:|---|---:|---:|---:|"]
+    for b, deltas in tables:
+        for key, d in deltas.items():
+            lines.append(
+                f"| {b} | {labels.get(key, key)} | {_md_iv(d['id'])} | "
+                f"{_md_iv(d['ood_avg'])} | {d['id']['n']} |"
+            )
+    rows = payload["mask_quality"]["rows"]
+    if rows:
+        lines += ["", "| threshold | " + " | ".join(f"{r['threshold']:.1f}" for r in rows) + " |"]
+        lines.append("|---|" + "---:|" * len(rows))
+        for key, name in (("image_mr", "image MR"), ("object_mr", "object MR"), ("iou", "IoU")):
+            lines.append(f"| {name} | " + " | ".join(f"{r[key]:.2f}" for r in rows) + " |")
+    lines += ["", payload["headline"], ""]
+    return "\n".join(lines)

@@ -34,6 +34,7 @@ __all__ = (
     "Interval",
     "choose_beta",
     "choose_by_validation",
+    "compare_to_reference",
     "mean_ci95",
     "paired_deltas",
     "regime_checks",
@@ -327,3 +328,50 @@ def paired_deltas(variant: Sequence[float], reference: Sequence[float]) -> list[
             f"paired comparison needs the same seeds: {len(variant)} vs {len(reference)} values"
         )
     return [float(a) - float(b) for a, b in zip(variant, reference, strict=True)]
+
+
+def compare_to_reference(
+    results: Mapping[str, Any], reference: Mapping[str, Any], tolerance: float
+) -> list[str]:
+    """List every figure of ``results`` that moved more than ``tolerance`` from ``reference``.
+
+    Compares, for every method of the reference, the mean ID test accuracy, the mean
+    accuracy on every OOD set and the OOD average (``results.json`` layout:
+    ``methods[key]["id"|"ood_avg"]["mean"]`` and ``methods[key]["ood"][set]["mean"]``).
+
+    Args:
+        results: A new ``results.json`` payload.
+        reference: The stored one.
+        tolerance: Largest allowed absolute difference, in accuracy points.
+
+    Returns:
+        One message per moved figure, naming the method and the set; empty when
+        everything is within the tolerance.
+
+    Example:
+        >>> ref = {"methods": {"vanilla": {"id": {"mean": 80.0}, "ood_avg": {"mean": 50.0},
+        ...                                "ood": {"sketch": {"mean": 40.0}}}}}
+        >>> new = {"methods": {"vanilla": {"id": {"mean": 80.4}, "ood_avg": {"mean": 50.0},
+        ...                                "ood": {"sketch": {"mean": 38.0}}}}}
+        >>> compare_to_reference(new, ref, 1.0)
+        ["method 'vanilla', set 'sketch': 40.0 -> 38.0 (moved -2.0, tolerance 1)"]
+    """
+    messages = []
+    for key, ref in reference["methods"].items():
+        new = results["methods"].get(key)
+        if new is None:
+            messages.append(f"method {key!r} is missing from the new results")
+            continue
+        pairs = [("id", ref["id"], new["id"]), ("ood_avg", ref["ood_avg"], new["ood_avg"])]
+        pairs += [(name, stat, new["ood"].get(name)) for name, stat in ref["ood"].items()]
+        for name, old_stat, new_stat in pairs:
+            if new_stat is None:
+                messages.append(f"method {key!r}, set {name!r} is missing from the new results")
+                continue
+            diff = float(new_stat["mean"]) - float(old_stat["mean"])
+            if abs(diff) > tolerance:
+                messages.append(
+                    f"method {key!r}, set {name!r}: {old_stat['mean']:.1f} -> "
+                    f"{new_stat['mean']:.1f} (moved {diff:+.1f}, tolerance {tolerance:g})"
+                )
+    return messages
