@@ -32,6 +32,8 @@ from cfmask.demo.data import (
     read_idx,
 )
 from cfmask.demo.pretrained import (
+    SHIPPED_RECIPE,
+    SHIPPED_WEIGHTS,
     save_pretrained,
     sha256_file,
     verify_pretrained,
@@ -40,6 +42,7 @@ from cfmask.demo.runner import PROFILES, FineTuneConfig, Profile
 from cfmask.demo.teacher import (
     ModelConfig,
     PretrainConfig,
+    build_backbone,
     pinned_torch,
     pretrain_teacher,
 )
@@ -309,6 +312,20 @@ def test_tampered_weights_are_refused(tmp_path: Path, no_system_data: None) -> N
         verify_pretrained(weights)
     with pytest.raises(FileNotFoundError, match="cfmask demo pretrain"):
         verify_pretrained(tmp_path / "missing.safetensors")
+
+
+def test_shipped_weights_match_their_recipe_and_load() -> None:
+    """The file inside the package has the hash its recipe states and loads into the model."""
+    recipe = verify_pretrained(SHIPPED_WEIGHTS, SHIPPED_RECIPE)
+    assert recipe.sha256 == sha256_file(SHIPPED_WEIGHTS)
+    assert SHIPPED_WEIGHTS.stat().st_size < 5 * 2**20
+    assert recipe.model == PROFILES["default"].model
+    assert recipe.pretrain == PROFILES["default"].pretrain
+    backbone = build_backbone(recipe.model, pretrained=str(SHIPPED_WEIGHTS))
+    assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    # The recipe records the figures its command printed and where it ran.
+    assert 0.0 < recipe.figures["id"] <= 100.0
+    assert recipe.environment["threads"] == recipe.pretrain.threads
 
 
 def test_pinned_torch_sets_and_restores() -> None:

@@ -94,7 +94,7 @@ ID_FAMILIES = (
 #: Background families that no model sees before the ObjectNet-like test set.
 UNSEEN_FAMILIES = ("zigzag", "crosshatch", "blobs", "waves")
 
-#: One line per test set: what it is and which shift of the paper it mirrors.
+#: What each test set is, and which shift of the paper it mirrors (one line per set).
 TEST_SET_DOCS: dict[str, str] = {
     "id": "fine-tuning distribution on unseen test garments (cue agrees with the class "
     "with probability cue_strength) - the ImageNet validation set of the paper",

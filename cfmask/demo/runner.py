@@ -131,6 +131,7 @@ class Profile:
     mask_every: int = 4
 
 
+#: The profiles by name, ``default`` (the benchmark) and ``quick`` (a 3-minute look).
 PROFILES: dict[str, Profile] = {
     "default": Profile(name="default", bench=BenchmarkConfig(n_test=2000)),
     "quick": Profile(
