@@ -270,6 +270,11 @@ def test_tiny_demo_run_writes_every_output(tmp_path: Path, no_system_data: None)
         half = 12.7062 * abs(diffs[0] - diffs[1]) / 2  # s/sqrt(2) = |d0 - d1| / 2
         assert d["id"]["ci95_high"] == pytest.approx(sum(diffs) / 2 + half, abs=2e-3)
         assert 0.0 <= var[0]["mask_fraction"] <= 1.0
+    # The masked fraction read from the fine-tuner's step outputs: none without a mask,
+    # about the rate for random masking (2 steps x 8 images x 64 patches drawn at 0.5).
+    assert all("mask_fraction" not in r for r in fd)
+    for r in results["methods"]["random-single"]["seeds"]:
+        assert 0.4 < r["mask_fraction"] < 0.6
     assert results["headline"].startswith("CAM object masking")
     env = results["environment"]
     for field_name in ("torch", "python", "cfmask", "numpy", "lightning", "threads"):

@@ -282,8 +282,9 @@ class _Progress(pl.Callback):
 class MaskFractionMeter(pl.Callback):
     """Average the fraction of masked patches over training.
 
-    Reads the ``train/mask_fraction`` value the fine-tuner logs after every step
-    (``trainer.callback_metrics``, Lightning's public record of logged values).
+    Reads the ``(B, N)`` patch mask that
+    :meth:`~cfmask.finetuner.CounterfactualFineTuner.training_step` returns to the
+    callbacks (``outputs["mask"]``, ``None`` when no mask was drawn).
 
     Attributes:
         values: One fraction per step (empty for methods without a mask).
@@ -300,10 +301,10 @@ class MaskFractionMeter(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """Record this step's fraction, if the fine-tuner logged one."""
-        value = trainer.callback_metrics.get("train/mask_fraction")
-        if value is not None:
-            self.values.append(float(value))
+        """Record this step's masked fraction, if the step drew a mask."""
+        mask = outputs.get("mask") if isinstance(outputs, Mapping) else None
+        if mask is not None:
+            self.values.append(float(mask.float().mean()))
 
     @property
     def mean(self) -> float | None:
