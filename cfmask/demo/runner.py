@@ -85,11 +85,11 @@ class FineTuneConfig:
         wise_alphas: Mixing coefficients of the WiSE-FT curve.
     """
 
-    steps: int = 80
+    steps: int = 40
     batch_size: int = 64
-    lr: float = 8e-4
+    lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup_steps: int = 8
+    warmup_steps: int = 4
     threads: int = 1
     betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
     beta_tolerance: float = 2.0
@@ -425,11 +425,12 @@ class Job:
     Attributes:
         tag: Free-form identifier the caller uses to file the result.
         seed: Training seed (initialisation order, data order, masks, donors).
-        method: The method to fine-tune with (``None`` for a WiSE-only job).
+        method: The method to fine-tune with (``None``: evaluate ``state`` instead).
         keep_state: Return the fine-tuned state dict.
         wise_alphas: Evaluate these WiSE-FT mixtures of the fine-tuned model (or of
-            ``wise_state``) with the pre-trained weights.
-        wise_state: A fine-tuned state dict to mix instead of training (``method=None``).
+            ``state``) with the pre-trained weights.
+        state: A fine-tuned backbone state dict to evaluate on every split (and to mix
+            with ``wise_alphas``) instead of training; needs ``method=None``.
         mask_quality: Measure CAM object masks against the exact masks.
         val_only: Evaluate on the ID validation split only (selection runs).
     """
@@ -439,7 +440,7 @@ class Job:
     method: Method | None = None
     keep_state: bool = False
     wise_alphas: tuple[float, ...] = ()
-    wise_state: Mapping[str, Tensor] | None = None
+    state: Mapping[str, Tensor] | None = None
     mask_quality: bool = False
     val_only: bool = False
 
@@ -535,7 +536,11 @@ class _Context:
     def _run(self, job: Job, advance: Callable[[], None] | None) -> JobResult:
         t0 = time.perf_counter()
         out = JobResult(tag=job.tag, result=None)
-        state: Mapping[str, Tensor] | None = job.wise_state
+        state: Mapping[str, Tensor] | None = job.state
+        if job.method is None and state is not None:
+            model_s = self.backbone()
+            model_s.load_state_dict(dict(state))
+            out.result = self.evaluate(model_s)
         if job.method is not None:
             fraction = MaskFractionMeter()
             cbs: list[pl.Callback] = [fraction]
@@ -560,7 +565,7 @@ class _Context:
                 out.state = dict(state)
         if job.wise_alphas:
             if state is None:
-                raise ValueError("a WiSE-FT job needs a method or a wise_state")
+                raise ValueError("a WiSE-FT job needs a method or a state")
             for alpha in job.wise_alphas:
                 model_b = self.backbone()
                 model_b.load_state_dict(
