@@ -39,6 +39,7 @@ from cfmask.demo.pretrained import (
     verify_pretrained,
 )
 from cfmask.demo.runner import PROFILES, FineTuneConfig, Profile
+from cfmask.demo.stats import compare_to_reference
 from cfmask.demo.teacher import (
     ModelConfig,
     PretrainConfig,
@@ -365,3 +366,34 @@ def test_workers_do_not_change_the_numbers(tmp_path: Path, no_system_data: None)
 
     for key in one["methods"]:
         assert strip(one, key) == strip(two, key), key
+
+
+#: The stored results of ``cfmask demo --quick`` (methods only) and the tolerance the
+#: slow test allows, in accuracy points. On the machine kind, torch version and CPU
+#: kernels the reference was made with, the run reproduces it exactly (every run is
+#: pinned to one thread with deterministic algorithms); other CPU kernels move single
+#: figures by up to the amounts in docs/demo.md (*Reproducibility*).
+QUICK_REFERENCE = Path(__file__).parent / "reference" / "demo_quick_results.json"
+QUICK_TOLERANCE = 1.5
+
+
+@pytest.mark.slow
+def test_quick_profile_matches_the_stored_reference(tmp_path: Path) -> None:
+    """``cfmask demo --quick`` on the real Fashion-MNIST reproduces the stored figures."""
+    assert demo_main(["--quick", "--output", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    for name in ("results.csv", "results.md", "tradeoff.png", "examples.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    # The trade-off the quick profile exists to show (R2): ID up, OOD down.
+    regime = results["regime"]
+    assert regime["R2 vanilla ID - zero-shot ID"]["pass"], regime
+    assert regime["R2 vanilla OOD - zero-shot OOD"]["pass"], regime
+    reference = json.loads(QUICK_REFERENCE.read_text())
+    moved = compare_to_reference(results, reference, QUICK_TOLERANCE)
+    env, ref_env = results["environment"], reference["environment"]
+    assert not moved, (
+        f"cfmask demo --quick moved from {QUICK_REFERENCE.name} "
+        f"(reference: torch {ref_env['torch']}, {ref_env['cpu_capability']}, "
+        f"{ref_env['threads']} thread(s); this run: torch {env['torch']}, "
+        f"{env['cpu_capability']}, {env['threads']} thread(s)):\n" + "\n".join(moved)
+    )
