@@ -369,12 +369,12 @@ def test_workers_do_not_change_the_numbers(tmp_path: Path, no_system_data: None)
 
 
 #: The stored results of ``cfmask demo --quick`` (methods only) and the tolerance the
-#: slow test allows, in accuracy points. On the machine kind, torch version and CPU
-#: kernels the reference was made with, the run reproduces it exactly (every run is
-#: pinned to one thread with deterministic algorithms); other CPU kernels move single
-#: figures by up to the amounts in docs/demo.md (*Reproducibility*).
+#: slow test allows, in accuracy points. Thread count and CPU kernels left the printed
+#: figures unchanged (docs/demo.md, *Reproducibility*); another training seed moves single
+#: figures by up to 1.7 points, so 0.5 catches any change of the random streams while
+#: allowing a few flipped predictions (0.1 point each) from last-digit float differences.
 QUICK_REFERENCE = Path(__file__).parent / "reference" / "demo_quick_results.json"
-QUICK_TOLERANCE = 1.5
+QUICK_TOLERANCE = 0.5
 
 
 @pytest.mark.slow
