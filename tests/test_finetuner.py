@@ -247,21 +247,12 @@ def test_class_count_mismatch_with_the_datamodule_is_a_clear_error(tiny_timm_con
         trainer.fit(model, datamodule=SyntheticDataModule(num_classes=5, batch_size=4))
 
 
-def test_matched_beta_benchmark_reads_the_mask_from_the_step_outputs(tiny_timm_config, tmp_path):
-    import importlib.util
-    import sys
-    from pathlib import Path
+def test_demo_mask_fraction_meter_reads_the_mask_from_the_step_outputs(tiny_timm_config, tmp_path):
+    from cfmask.demo.runner import MaskFractionMeter
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_matched_beta.py"
-    spec = importlib.util.spec_from_file_location("demo_matched_beta", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up by name
-    spec.loader.exec_module(bench)
-
-    fraction, record = bench.MaskFraction(), _RecordMasks()
+    fraction, record = MaskFractionMeter(), _RecordMasks()
     model = CounterfactualFineTuner(_backbone(tiny_timm_config), masker=RandomMasker(0.5))
     _fit(model, tmp_path, enable_checkpointing=False, callbacks=[fraction, record])
     expected = [m.float().mean().item() for m in record.masks if m is not None]
     assert len(expected) == 2
-    assert fraction.mean() == pytest.approx(100.0 * sum(expected) / 2)
+    assert fraction.mean == pytest.approx(sum(expected) / 2)
