@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--beta-grid",
         action="store_true",
         help="also run FD and every masker at every beta of the grid on every seed (the "
-        "secondary table; about 3x the default run's fine-tuning time)",
+        "secondary table; about 1.7 times the default run's time)",
     )
     parser.add_argument(
         "--no-install",
