@@ -17,6 +17,7 @@ from cfmask.backbones import TimmViT
 from cfmask.masking import ObjectMasker, SingleImageRefiller, TokenDropRefiller
 from cfmask.masking.base import Counterfactual
 from cfmask.synthetic import SyntheticDataModule
+from cfmask.testing import quiet_trainer
 from cfmask.visualization import MASK_TINT, counterfactual_grid
 
 
@@ -64,18 +65,13 @@ def _fit(tmp_path, tiny_timm_config, callbacks, logger):
         warmup_steps=1,
     )
     data = SyntheticDataModule(num_classes=3, batch_size=4, train_size=16, val_size=4)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_steps=4,
-        accelerator="cpu",
-        devices=1,
         logger=logger,
         callbacks=callbacks,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
-        default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=data)
     return model, data

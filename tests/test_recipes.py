@@ -11,6 +11,7 @@ from cfmask.backbones import TimmViT
 from cfmask.cli import main
 from cfmask.finetuner import CounterfactualFineTuner, global_batch_mismatch
 from cfmask.synthetic import SyntheticDataModule
+from cfmask.testing import quiet_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs"
@@ -51,7 +52,6 @@ def test_global_batch_mismatch_counts_devices_nodes_and_accumulation():
 
 
 def _fit(recipe_global_batch, tmp_path, tiny_timm_config):
-    import lightning.pytorch as pl
 
     model = CounterfactualFineTuner(
         TimmViT(**tiny_timm_config),
@@ -60,18 +60,7 @@ def _fit(recipe_global_batch, tmp_path, tiny_timm_config):
         recipe_global_batch=recipe_global_batch,
     )
     data = SyntheticDataModule(num_classes=3, batch_size=4, train_size=8, val_size=4, test_size=4)
-    trainer = pl.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1, enable_checkpointing=False, limit_val_batches=0)
     trainer.fit(model, datamodule=data)
 
 

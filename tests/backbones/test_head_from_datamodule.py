@@ -17,6 +17,7 @@ from cfmask import CounterfactualFineTuner
 from cfmask.backbones import OpenCLIPViT
 from cfmask.data import ImageFolderDataModule
 from cfmask.losses import FeatureDistillationLoss, LogitDistillationLoss
+from cfmask.testing import quiet_trainer
 
 CFG: dict[str, Any] = {
     "embed_dim": 32,
@@ -56,18 +57,7 @@ def _backbone(tmp_path: Path, weights: Path) -> OpenCLIPViT:
 
 
 def _trainer(tmp_path: Path) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    return quiet_trainer(tmp_path, max_steps=1, enable_checkpointing=False, limit_val_batches=0)
 
 
 def test_head_rows_equal_open_clips_classifier_for_the_folder_class_names(tmp_path):
