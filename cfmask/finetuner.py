@@ -459,7 +459,8 @@ class CounterfactualFineTuner(pl.LightningModule):
         if batch is None:  # every image of the batch was skipped as unreadable
             return None
         images, targets = batch[0], batch[1]
-        out = self.objective(images, targets)
+        object_masks = batch[2] if len(batch) > 2 else None
+        out = self.objective(images, targets, object_masks=object_masks)
         bs = images.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
         self.log("train/loss_ce", out.loss_ce, batch_size=bs)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cfmask.backbones.base import VisionBackbone
+from cfmask.functional.patches import patch_coverage
 from cfmask.losses import DistillationLoss, FeatureDistillationLoss
 from cfmask.masking.base import Counterfactual, Masker, Refiller
 from cfmask.relevance.base import RelevanceMap
@@ -274,7 +275,11 @@ class CounterfactualObjective(nn.Module):
 
     # --------------------------------------------------------- counterfactual
     def make_counterfactual(
-        self, images: Tensor, targets: Tensor, scores: Tensor | None = None
+        self,
+        images: Tensor,
+        targets: Tensor,
+        scores: Tensor | None = None,
+        object_masks: Tensor | None = None,
     ) -> tuple[Counterfactual, Tensor | None]:
         """Build the counterfactual view of a batch (detached).
 
@@ -283,6 +288,11 @@ class CounterfactualObjective(nn.Module):
             targets: ``(B,)`` ground-truth class indices.
             scores: Precomputed ``(B, N)`` relevance; computed here when the masker
                 needs it and none is given.
+            object_masks: ``(B, H, W)`` ground-truth object masks (bool or float in
+                ``[0, 1]``), required by maskers that declare
+                ``requires_object_masks`` (e.g.
+                :class:`~cfmask.masking.SegmentationMasker`), which then receive
+                their per-patch coverage as ``scores``; ignored by other maskers.
 
         Returns:
             The :class:`~cfmask.masking.Counterfactual` (``x_cf = x`` without a
@@ -290,8 +300,9 @@ class CounterfactualObjective(nn.Module):
             without a masker).
 
         Raises:
-            ValueError: When the batch is smaller than the refiller needs, or the
-                masker needs relevance and none is configured.
+            ValueError: When the batch is smaller than the refiller needs, the
+                masker needs relevance and none is configured, or the masker needs
+                object masks and none (or masks of the wrong shape) are given.
         """
         if self.masker is None or self.refiller is None:
             return Counterfactual(images=images), None
@@ -303,7 +314,9 @@ class CounterfactualObjective(nn.Module):
                 f"{batch_size}. Use a larger batch size and drop_last=True in the "
                 "training loader."
             )
-        if scores is None and self.masker.requires_relevance:
+        if self.masker.requires_object_masks:
+            scores = self._object_coverage(images, object_masks)
+        elif scores is None and self.masker.requires_relevance:
             relevance = self._require_relevance()
             source = (
                 self.student
@@ -314,6 +327,24 @@ class CounterfactualObjective(nn.Module):
         mask: Tensor = self.masker(scores, batch_size, self.student.grid_size, images.device)
         cf: Counterfactual = self.refiller(images.detach(), mask, self.student.patch_size)
         return cf, mask
+
+    def _object_coverage(self, images: Tensor, object_masks: Tensor | None) -> Tensor:
+        """``(B, N)`` object coverage of each patch, for maskers that need object masks."""
+        owner = type(self.masker).__name__
+        if object_masks is None:
+            raise ValueError(
+                f"{owner} needs ground-truth object masks but the batch carries none; use "
+                "a datamodule whose batches are (images, targets, masks) with (B, H, W) "
+                "masks, or pass object_masks= to the objective."
+            )
+        expected = (images.shape[0], *images.shape[-2:])
+        if tuple(object_masks.shape) != expected:
+            raise ValueError(
+                f"{owner} expected object masks of shape (B, H, W) = {expected} to match "
+                f"images of shape {tuple(images.shape)}, got {tuple(object_masks.shape)}; "
+                "resize and crop the masks exactly like the images."
+            )
+        return patch_coverage(object_masks.to(images.device), self.student.patch_size)
 
     def _require_relevance(self) -> RelevanceMap:
         if self.relevance is None:
@@ -358,19 +389,24 @@ class CounterfactualObjective(nn.Module):
             cf.images, keep_index=cf.keep_index, key_mask=cf.key_mask
         )
 
-    def forward(self, images: Tensor, targets: Tensor) -> ObjectiveResult:
+    def forward(
+        self, images: Tensor, targets: Tensor, object_masks: Tensor | None = None
+    ) -> ObjectiveResult:
         """Compute every term of the objective for one batch.
 
         Args:
             images: ``(B, C, H, W)`` pixels in ``[0, 1]``.
             targets: ``(B,)`` class indices.
+            object_masks: Optional ``(B, H, W)`` ground-truth object masks, needed by
+                maskers that declare ``requires_object_masks`` (see
+                :meth:`make_counterfactual`).
 
         Returns:
             The :class:`ObjectiveResult`; ``loss`` carries the gradient.
 
         Raises:
-            ValueError: For images the student cannot take, or a batch too small for
-                the refiller.
+            ValueError: For images the student cannot take, a batch too small for
+                the refiller, or missing object masks for a masker that needs them.
         """
         self.student.check_image_size(images)
         terms = self.terms
@@ -384,10 +420,12 @@ class CounterfactualObjective(nn.Module):
         elif self.can_share_relevance_pass():
             shared = self._require_relevance().forward_with_outputs(self.student, images, targets)
             feats, logits = shared.features, shared.logits
-            cf, mask = self.make_counterfactual(images, targets, scores=shared.scores)
+            cf, mask = self.make_counterfactual(
+                images, targets, scores=shared.scores, object_masks=object_masks
+            )
             feats_cf = self._student_cf_features(cf)
         else:
-            cf, mask = self.make_counterfactual(images, targets)
+            cf, mask = self.make_counterfactual(images, targets, object_masks=object_masks)
             feats, feats_cf = self._student_features(images, cf)
             logits = self.student.forward_head(feats)
         loss_ce = F.cross_entropy(logits.float(), targets)

@@ -177,7 +177,8 @@ def check_masker(
     """Check a masker's output and configuration contracts.
 
     Runs the masker (with :func:`fake_scores` when it declares
-    ``requires_relevance``, else with ``scores=None``), checks that the mask is
+    ``requires_relevance`` or ``requires_object_masks``, which stand in for
+    relevance or object coverage, else with ``scores=None``), checks that the mask is
     a ``(B, N)`` ``torch.bool`` tensor on ``device``, that the scores were not
     modified, and that a copy rebuilt from :meth:`config` returns the same mask
     under the same seed. The global RNG state is restored afterwards.
@@ -204,7 +205,7 @@ def check_masker(
     """
     target = torch.device(device)
     num_patches = grid_size[0] * grid_size[1]
-    if scores is None and type(masker).requires_relevance:
+    if scores is None and (type(masker).requires_relevance or type(masker).requires_object_masks):
         generator = torch.Generator(device=target).manual_seed(seed)
         scores = fake_scores(batch_size, num_patches, generator)
     original = scores.clone() if scores is not None else None

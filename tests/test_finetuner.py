@@ -256,3 +256,30 @@ def test_demo_mask_fraction_meter_reads_the_mask_from_the_step_outputs(tiny_timm
     expected = [m.float().mean().item() for m in record.masks if m is not None]
     assert len(expected) == 2
     assert fraction.mean == pytest.approx(sum(expected) / 2)
+
+
+def test_training_step_passes_the_batch_object_masks_to_a_segmentation_masker(
+    tiny_timm_config, tmp_path
+):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from cfmask.masking import SegmentationMasker
+
+    images, targets = _batch(4)
+    masks = torch.zeros(4, 32, 32, dtype=torch.bool)
+    masks[:, 8:24, 8:24] = True  # exactly patches (1,1), (1,2), (2,1), (2,2) of the 4x4 grid
+    expected = torch.zeros(4, 16, dtype=torch.bool)
+    expected[:, [5, 6, 9, 10]] = True
+    loader = DataLoader(TensorDataset(images, targets, masks), batch_size=4)
+    record = _RecordMasks()
+    model = CounterfactualFineTuner(_backbone(tiny_timm_config), masker=SegmentationMasker())
+    trainer = quiet_trainer(tmp_path, max_steps=1, enable_checkpointing=False, callbacks=[record])
+    trainer.fit(model, train_dataloaders=loader)
+    assert len(record.masks) == 1 and torch.equal(record.masks[0], expected)
+
+    two_element = DataLoader(TensorDataset(images, targets), batch_size=4)
+    model = CounterfactualFineTuner(_backbone(tiny_timm_config), masker=SegmentationMasker())
+    with pytest.raises(ValueError, match=r"\(images, targets, masks\)"):
+        quiet_trainer(tmp_path, max_steps=1, enable_checkpointing=False).fit(
+            model, train_dataloaders=two_element
+        )

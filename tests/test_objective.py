@@ -308,3 +308,73 @@ def test_teacher_from_checkpoint_for_wise_kd(tiny_timm_config, tmp_path):
         CounterfactualObjective(
             _backbone(tiny_timm_config), distillation=[LogitDistillationLoss(teacher=str(missing))]
         )
+
+
+def _object_masks() -> tuple[Tensor, Tensor]:
+    """Two 32x32 object masks and their exact 4x4-grid patch masks (8-px patches).
+
+    Image 0: the object fills rows 0-15 and cols 0-11, so patches 0 and 4 are fully
+    covered and patches 1 and 5 half covered (cols 8-11 of 8-15). Image 1: one
+    full patch (rows 24-31, cols 24-31, patch 15) and a 3x3-pixel speck in patch 0
+    (9/64 coverage).
+    """
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[0, :16, :12] = True
+    masks[1, 24:, 24:] = True
+    masks[1, 2:5, 2:5] = True
+    expected = torch.zeros(2, 16, dtype=torch.bool)
+    expected[0, [0, 1, 4, 5]] = True  # coverage 1, 0.5, 1, 0.5 >= 0.5
+    expected[1, 15] = True
+    return masks, expected
+
+
+def test_segmentation_masker_replaces_exactly_the_covered_patches(tiny_timm_config):
+    from cfmask.masking import SegmentationMasker
+
+    images = _batch(2)[0] * 0.9 + 0.1  # no pixel is 0, the refill value
+    targets = torch.tensor([0, 1])
+    masks, expected = _object_masks()
+    objective = CounterfactualObjective(
+        _backbone(tiny_timm_config),
+        masker=SegmentationMasker(min_coverage=0.5),
+        refiller=ConstantRefiller(0.0),
+    )
+    assert objective.relevance is None  # no relevance map is built for exact masks
+    out = objective(images, targets, object_masks=masks)
+    assert out.mask is not None and torch.equal(out.mask, expected)
+    assert out.counterfactual is not None
+    changed = (out.counterfactual.images != images).any(dim=1)  # (B, H, W)
+    by_hand = torch.zeros(2, 32, 32, dtype=torch.bool)
+    for b in range(2):
+        for p in expected[b].nonzero().flatten().tolist():
+            r, c = divmod(p, 4)
+            by_hand[b, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8] = True
+    assert torch.equal(changed, by_hand)
+    assert torch.isfinite(out.loss)
+
+    float_masks = masks.float()  # soft/float masks give the same coverage
+    _, mask = objective.make_counterfactual(images, targets, object_masks=float_masks)
+    assert mask is not None and torch.equal(mask, expected)
+
+
+def test_segmentation_masker_without_object_masks_names_the_fix(tiny_timm_config):
+    from cfmask.masking import SegmentationMasker
+
+    images, targets = _batch(2)
+    objective = CounterfactualObjective(_backbone(tiny_timm_config), masker=SegmentationMasker())
+    with pytest.raises(ValueError, match=r"\(images, targets, masks\)"):
+        objective(images, targets)
+    with pytest.raises(ValueError, match=r"shape \(B, H, W\) = \(2, 32, 32\)"):
+        objective(images, targets, object_masks=torch.zeros(2, 16, 16, dtype=torch.bool))
+
+
+def test_object_masks_are_ignored_by_maskers_that_do_not_need_them(tiny_timm_config):
+    images, targets = _batch(4)
+    objective = CounterfactualObjective(
+        _backbone(tiny_timm_config), masker=ParityMasker(), refiller=ConstantRefiller(0.0)
+    )
+    masks = torch.ones(4, 32, 32, dtype=torch.bool)
+    _, with_masks = objective.make_counterfactual(images, targets, object_masks=masks)
+    _, without = objective.make_counterfactual(images, targets)
+    assert with_masks is not None and without is not None
+    assert torch.equal(with_masks, without)

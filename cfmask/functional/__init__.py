@@ -10,7 +10,12 @@ from cfmask.functional.masking import (
     single_image_donors,
     threshold_mask,
 )
-from cfmask.functional.patches import check_grid, check_patch_mask, patch_mask_to_pixels
+from cfmask.functional.patches import (
+    check_grid,
+    check_patch_mask,
+    patch_coverage,
+    patch_mask_to_pixels,
+)
 from cfmask.functional.relevance import attention_grad_rollout, attention_rollout
 
 __all__: tuple[str, ...] = (
@@ -21,6 +26,7 @@ __all__: tuple[str, ...] = (
     "keep_index_from_mask",
     "multi_image_donors",
     "normalize_by_max",
+    "patch_coverage",
     "patch_mask_to_pixels",
     "random_keep_count_mask",
     "random_patch_mask",

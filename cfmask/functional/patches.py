@@ -3,7 +3,8 @@
 A patch mask is a ``torch.bool`` tensor of shape ``(B, N)`` over the patch tokens
 of a ViT, in row-major order over the ``(h, w)`` patch grid, with ``N = h * w``
 and ``True`` meaning "replace this patch". These helpers turn such a mask into a
-pixel mask and check that images fit the patch grid.
+pixel mask, check that images fit the patch grid, and measure how much of each
+patch a pixel-space object mask covers.
 
 References:
     [0] Xiao et al., *Masked Images Are Counterfactual Samples for Robust
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ("check_grid", "check_patch_mask", "patch_mask_to_pixels")
+__all__ = ("check_grid", "check_patch_mask", "patch_coverage", "patch_mask_to_pixels")
 
 
 def check_grid(images: Tensor, patch_size: int) -> tuple[int, int]:
@@ -126,3 +127,65 @@ def patch_mask_to_pixels(mask: Tensor, grid: tuple[int, int], patch_size: int) -
     blocks = mask.reshape(batch, 1, h, 1, w, 1)
     blocks = blocks.expand(batch, 1, h, patch_size, w, patch_size)
     return blocks.reshape(batch, 1, h * patch_size, w * patch_size)
+
+
+def patch_coverage(object_masks: Tensor, patch_size: int) -> Tensor:
+    """Fraction of each patch covered by a pixel-space object mask.
+
+    The ground-truth counterpart of a relevance map: where the paper derives the
+    object patches from a class activation map ([0], Sec. 3.2), a dataset with
+    segmentation masks gives them exactly. Each patch's value is the mean of the
+    mask over its ``patch_size x patch_size`` pixels.
+
+    Args:
+        object_masks: ``(B, H, W)`` object masks, ``torch.bool`` or float in
+            ``[0, 1]`` (soft masks are averaged as they are).
+        patch_size: Side of one square patch, in pixels.
+
+    Returns:
+        ``(B, N)`` float coverage in ``[0, 1]``, ``N = (H // patch_size) *
+        (W // patch_size)``, row-major over the patch grid (the order of patch masks).
+
+    Raises:
+        ValueError: If ``object_masks`` is not 3-D, ``patch_size`` is not positive,
+            ``H`` or ``W`` is not a multiple of ``patch_size``, or a float mask has
+            values outside ``[0, 1]``.
+
+    Example:
+        >>> import torch
+        >>> masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+        >>> masks[0, :2, :3] = True
+        >>> patch_coverage(masks, patch_size=2)
+        tensor([[1.0000, 0.5000, 0.0000, 0.0000]])
+    """
+    if object_masks.ndim != 3:
+        raise ValueError(
+            f"expected object masks of shape (B, H, W), got {tuple(object_masks.shape)}; "
+            f"squeeze a channel dimension of size 1 (masks[:, 0]) if there is one."
+        )
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be a positive number of pixels, got {patch_size}")
+    batch, height, width = object_masks.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"object mask size {height}x{width} is not divisible by the patch size "
+            f"{patch_size}; resize or crop the masks like the images, to a multiple of "
+            f"{patch_size} pixels on each side."
+        )
+    if object_masks.dtype == torch.bool:
+        values = object_masks.float()
+    elif object_masks.is_floating_point():
+        values = object_masks.float()
+        if values.numel() and (values.min() < 0 or values.max() > 1):
+            raise ValueError(
+                f"float object masks must lie in [0, 1], got values in "
+                f"[{values.min().item()}, {values.max().item()}]; divide 0/255 masks by 255."
+            )
+    else:
+        raise ValueError(
+            f"object masks must be torch.bool or float in [0, 1], got {object_masks.dtype}; "
+            f"convert label maps with (masks > 0)."
+        )
+    h, w = height // patch_size, width // patch_size
+    blocks = values.reshape(batch, h, patch_size, w, patch_size)
+    return blocks.mean(dim=(2, 4)).reshape(batch, h * w)

@@ -1,7 +1,7 @@
 """Maskers (which patches to replace) and refillers (what to put there)."""
 
 from cfmask.masking.base import Counterfactual, Masker, Refiller
-from cfmask.masking.maskers import ContextMasker, ObjectMasker, RandomMasker
+from cfmask.masking.maskers import ContextMasker, ObjectMasker, RandomMasker, SegmentationMasker
 from cfmask.masking.refillers import (
     AttentionMaskRefiller,
     ConstantRefiller,
@@ -20,6 +20,7 @@ __all__ = (
     "ObjectMasker",
     "RandomMasker",
     "Refiller",
+    "SegmentationMasker",
     "SingleImageRefiller",
     "TokenDropRefiller",
 )

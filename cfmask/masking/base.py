@@ -48,9 +48,14 @@ class Masker(Component):
     Subclasses set :attr:`requires_relevance` to ``True`` when they need
     relevance scores; the fine-tuner then runs its :class:`~cfmask.relevance.RelevanceMap`
     first and passes the ``(B, N)`` scores, otherwise ``scores`` is ``None``.
+    Subclasses that read ground-truth object masks instead set
+    :attr:`requires_object_masks` to ``True``; the objective then passes the
+    per-patch object coverage of the batch's ``(B, H, W)`` masks as ``scores``
+    (see :func:`~cfmask.functional.patches.patch_coverage`).
     """
 
     requires_relevance: ClassVar[bool] = False
+    requires_object_masks: ClassVar[bool] = False
 
     @abstractmethod
     def forward(
@@ -63,8 +68,9 @@ class Masker(Component):
         """Return the patch mask.
 
         Args:
-            scores: ``(B, N)`` relevance in ``[0, 1]``, or ``None`` when
-                :attr:`requires_relevance` is ``False``.
+            scores: ``(B, N)`` relevance in ``[0, 1]`` (or object coverage when
+                :attr:`requires_object_masks` is ``True``), or ``None`` when the
+                masker needs neither.
             batch_size: ``B``.
             grid_size: Patch grid ``(h, w)`` with ``N = h * w``.
             device: Device of the returned mask.

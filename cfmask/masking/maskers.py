@@ -21,8 +21,9 @@ from cfmask.functional.masking import (
     threshold_mask,
 )
 from cfmask.masking.base import Masker
+from cfmask.validation import check_number
 
-__all__ = ("ContextMasker", "ObjectMasker", "RandomMasker")
+__all__ = ("ContextMasker", "ObjectMasker", "RandomMasker", "SegmentationMasker")
 
 
 def _check_unit_interval(name: str, value: float) -> None:
@@ -242,3 +243,72 @@ class RandomMasker(Masker):
         if self.exact_count:
             return random_keep_count_mask(batch_size, num_patches, self.ratio, device=device)
         return random_patch_mask(batch_size, num_patches, self.ratio, device=device)
+
+
+class SegmentationMasker(Masker):
+    """Mask the patches that a ground-truth object mask covers (exact object mask).
+
+    The exact-mask counterpart of :class:`ObjectMasker`: instead of thresholding a
+    class activation map ([0], Sec. 3.2), it reads the object from segmentation
+    masks that come with the data. The objective turns the batch's ``(B, H, W)``
+    object masks into per-patch coverage with
+    :func:`~cfmask.functional.patches.patch_coverage` and passes it as ``scores``;
+    a patch is masked when at least ``min_coverage`` of its pixels belong to the
+    object. Training with it needs batches of ``(images, targets, masks)``.
+
+    Args:
+        min_coverage: Smallest covered fraction of a patch, in ``(0, 1]``, for the
+            patch to count as object (``0.5``: the majority of its pixels).
+
+    Raises:
+        TypeError: If ``min_coverage`` is not a number.
+        ValueError: If ``min_coverage`` is outside ``(0, 1]``.
+
+    Example:
+        >>> import torch
+        >>> masker = SegmentationMasker(min_coverage=0.5)
+        >>> coverage = torch.tensor([[0.0, 0.25, 0.5, 1.0]])
+        >>> masker(coverage, 1, (2, 2), torch.device("cpu"))
+        tensor([[False, False,  True,  True]])
+    """
+
+    requires_relevance: ClassVar[bool] = False
+    requires_object_masks: ClassVar[bool] = True
+
+    def __init__(self, min_coverage: float = 0.5) -> None:
+        super().__init__()
+        self.min_coverage = check_number(
+            "min_coverage", min_coverage, low=0.0, high=1.0, low_open=True
+        )
+
+    def forward(
+        self,
+        scores: Tensor | None,
+        batch_size: int,
+        grid_size: tuple[int, int],
+        device: torch.device,
+    ) -> Tensor:
+        """Return the exact object mask.
+
+        Args:
+            scores: ``(B, N)`` object coverage of each patch in ``[0, 1]``.
+            batch_size: ``B``.
+            grid_size: Patch grid ``(h, w)`` with ``N = h * w``.
+            device: Device of the returned mask.
+
+        Returns:
+            ``(B, N)`` bool mask, ``True`` where ``scores >= min_coverage``.
+
+        Raises:
+            ValueError: If ``scores`` is ``None``, not float, or not of shape
+                ``(B, h * w)``.
+        """
+        owner = type(self).__name__
+        if scores is None:
+            raise ValueError(
+                f"{owner} needs the per-patch object coverage but got scores=None; train "
+                f"with a datamodule whose batches carry (images, targets, masks) so the "
+                f"objective can compute it with cfmask.functional.patches.patch_coverage."
+            )
+        checked = _check_scores(owner, scores, batch_size, grid_size)
+        return (checked.detach() >= self.min_coverage).to(device)
