@@ -68,9 +68,10 @@ class CounterfactualImageLogger(pl.Callback):
 
     The picture (:func:`~cfmask.visualization.counterfactual_grid`) has one column per
     image of a fixed batch (the first ``num_images`` images of the first training
-    batch) and one row each for the images, their relevance maps (when the fine-tuner
-    has a relevance map), the masked patches and the counterfactual images, computed
-    with the model as it is at that step by the fine-tuner's
+    batch, with their object masks when the batch carries them) and one row each for
+    the images, their relevance maps (when the fine-tuner has a relevance map), the
+    masked patches and the counterfactual images, computed with the model as it is
+    at that step by the fine-tuner's
     :class:`~cfmask.objective.CounterfactualObjective` (its relevance map and
     :meth:`~cfmask.objective.CounterfactualObjective.make_counterfactual`). It is
     what to look at when a masking run behaves oddly: masks that cover the
@@ -104,6 +105,7 @@ class CounterfactualImageLogger(pl.Callback):
         self.num_images = num_images
         self.tag = tag
         self._batch: tuple[Tensor, Tensor] | None = None
+        self._object_masks: Tensor | None = None
         self._last_step = -1
         self._warned = False
 
@@ -117,6 +119,8 @@ class CounterfactualImageLogger(pl.Callback):
             images, targets = batch[0], batch[1]
             n = min(self.num_images, images.shape[0])
             self._batch = (images[:n].detach().cpu(), targets[:n].detach().cpu())
+            if len(batch) > 2:  # (images, targets, object masks)
+                self._object_masks = batch[2][:n].detach().cpu()
         step = trainer.global_step
         if step % self.every_n_steps or step == self._last_step or not trainer.is_global_zero:
             return
@@ -171,5 +175,10 @@ class CounterfactualImageLogger(pl.Callback):
                     else objective.teachers[INITIAL_TEACHER]
                 )
                 scores = objective.relevance(source, images, targets)
-            cf, mask = objective.make_counterfactual(images, targets, scores=scores)
+            object_masks = (
+                None if self._object_masks is None else self._object_masks.to(pl_module.device)
+            )
+            cf, mask = objective.make_counterfactual(
+                images, targets, scores=scores, object_masks=object_masks
+            )
         return counterfactual_grid(images, mask, cf, grid_size, patch_size, scores=scores)

@@ -154,3 +154,27 @@ def test_smoke_recipe_logs_to_tensorboard_with_the_picture(tmp_path, recwarn):
         ]
     )
     assert list(tmp_path.rglob("results.json"))
+
+
+def test_picture_uses_the_object_masks_of_the_fixed_batch(tiny_timm_config):
+    from types import SimpleNamespace
+
+    from cfmask.masking import ConstantRefiller, SegmentationMasker
+
+    model = CounterfactualFineTuner(
+        TimmViT(**tiny_timm_config), masker=SegmentationMasker(), refiller=ConstantRefiller(0.0)
+    )
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[0, :8, :8] = True  # patch 0
+    masks[1, 24:, :8] = True  # patch 12
+    image_logger = cb.CounterfactualImageLogger(every_n_steps=2, num_images=2)
+    trainer = SimpleNamespace(global_step=1, is_global_zero=True, loggers=[])
+    image_logger.on_train_batch_start(trainer, model, (images, torch.tensor([0, 1]), masks), 0)
+    expected = torch.zeros(2, 16, dtype=torch.bool)
+    expected[0, 0] = expected[1, 12] = True
+    by_hand = images.clone()
+    by_hand[0, :, :8, :8] = 0.0
+    by_hand[1, :, 24:, :8] = 0.0
+    reference = counterfactual_grid(images, expected, Counterfactual(by_hand), (4, 4), 8)
+    torch.testing.assert_close(image_logger.picture(model), reference)
