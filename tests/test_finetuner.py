@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import Tensor
 
-from cfmask.backbones.timm_vit import TimmViT
 from cfmask.finetuner import CounterfactualFineTuner, warmup_cosine_factor
 from cfmask.losses import FeatureDistillationLoss, LogitDistillationLoss
 from cfmask.masking.maskers import ObjectMasker, RandomMasker
@@ -17,20 +16,9 @@ from cfmask.masking.refillers import MultiImageRefiller
 from cfmask.synthetic import SyntheticDataModule
 from cfmask.testing import quiet_trainer
 
-
-def _backbone(cfg: dict[str, object]) -> TimmViT:
-    return TimmViT(**cfg)  # type: ignore[arg-type]
-
-
-def _batch(n: int = 4, classes: int = 3) -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return torch.rand(n, 3, 32, 32, generator=gen), torch.arange(n) % classes
-
-
-def _perturb(module: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+from .helpers.model_inputs import fixed_batch as _batch
+from .helpers.model_inputs import perturb as _perturb
+from .helpers.model_inputs import tiny_backbone as _backbone
 
 
 def _fit(model: CounterfactualFineTuner, tmp_path, steps: int = 2, **trainer_kwargs) -> pl.Trainer:

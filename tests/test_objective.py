@@ -14,12 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cfmask.backbones.timm_vit import TimmViT
 from cfmask.losses import FeatureDistillationLoss, LogitDistillationLoss
 from cfmask.masking import Masker
 from cfmask.masking.maskers import ObjectMasker, RandomMasker
 from cfmask.masking.refillers import ConstantRefiller, MultiImageRefiller, SingleImageRefiller
 from cfmask.objective import CounterfactualObjective, ObjectiveResult, teacher_key
+
+from .helpers.model_inputs import fixed_batch as _batch
+from .helpers.model_inputs import perturb as _perturb
+from .helpers.model_inputs import tiny_backbone as _backbone
 
 
 class ParityMasker(Masker):
@@ -36,21 +39,6 @@ class ParityMasker(Masker):
         cols = torch.arange(w)[None, :]
         board = ((rows + cols) % 2 == 0).flatten()
         return board.expand(batch_size, -1).to(device)
-
-
-def _backbone(cfg: dict[str, object]) -> TimmViT:
-    return TimmViT(**cfg)  # type: ignore[arg-type]
-
-
-def _batch(n: int = 4, classes: int = 3) -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return torch.rand(n, 3, 32, 32, generator=gen), torch.arange(n) % classes
-
-
-def _perturb(module: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.05 * torch.randn_like(p))
 
 
 def _parity_zeroed(x: Tensor) -> Tensor:
