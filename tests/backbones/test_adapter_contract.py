@@ -22,6 +22,8 @@ from torch import Tensor, nn
 
 from cfmask.backbones import AttentionCaptureError, OpenCLIPViT, TimmViT, VisionBackbone
 
+from ..helpers.manual_vit import clip_feature, clip_tokens, timm_feature, timm_tokens
+
 
 @dataclass(frozen=True)
 class AdapterCase:
@@ -40,37 +42,6 @@ class AdapterCase:
     break_block: Callable[[Any, int], None]
     feature_dim: int
     num_classes: int
-
-
-def _normalise(vit: Any, images: Tensor) -> Tensor:
-    return (images - vit.mean_buffer) / vit.std_buffer
-
-
-def _timm_tokens(vit: Any, images: Tensor) -> Tensor:
-    m = vit.model
-    x = m.patch_embed.proj(_normalise(vit, images)).flatten(2).transpose(1, 2)
-    x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + m.pos_embed
-    return m.norm_pre(x)
-
-
-def _timm_feature(vit: Any, tokens: Tensor) -> Tensor:
-    for blk in vit.model.blocks:
-        tokens = blk(tokens)
-    return vit.model.norm(tokens)[:, 0]
-
-
-def _clip_tokens(vit: Any, images: Tensor) -> Tensor:
-    v = vit.visual
-    x = v.conv1(_normalise(vit, images)).flatten(2).transpose(1, 2)
-    cls = v.class_embedding.expand(x.shape[0], 1, -1)
-    return v.ln_pre(torch.cat([cls, x], dim=1) + v.positional_embedding)
-
-
-def _clip_feature(vit: Any, tokens: Tensor) -> Tensor:
-    v = vit.visual
-    for blk in v.transformer.resblocks:
-        tokens = blk(tokens)
-    return v.ln_post(tokens[:, 0]) @ v.proj
 
 
 def _timm_patched(attn: nn.Module) -> bool:
@@ -102,8 +73,8 @@ class _OpaqueAttention(nn.Module):
 CASES = {
     "timm": AdapterCase(
         build=lambda timm_args, clip_args: TimmViT(**timm_args),
-        manual_tokens=_timm_tokens,
-        manual_feature=_timm_feature,
+        manual_tokens=timm_tokens,
+        manual_feature=timm_feature,
         blocks=lambda vit: [blk.attn for blk in vit.model.blocks],
         patched=_timm_patched,
         break_block=_timm_break,
@@ -112,8 +83,8 @@ CASES = {
     ),
     "open_clip": AdapterCase(
         build=lambda timm_args, clip_args: OpenCLIPViT(**clip_args),
-        manual_tokens=_clip_tokens,
-        manual_feature=_clip_feature,
+        manual_tokens=clip_tokens,
+        manual_feature=clip_feature,
         blocks=lambda vit: list(vit.visual.transformer.resblocks),
         patched=lambda blk: "attention" in blk.__dict__,
         break_block=_clip_break,

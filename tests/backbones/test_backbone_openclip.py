@@ -17,6 +17,10 @@ import cfmask.clip_text as clip_text
 from cfmask.backbones import OpenCLIPViT, VisionBackbone
 from cfmask.heads import ZeroShotHead, build_zero_shot_weights
 
+from ..helpers.manual_vit import clip_feature as _manual_feature
+from ..helpers.manual_vit import clip_tokens as _manual_tokens
+from ..helpers.manual_vit import normalise as _normalise
+
 
 def _images(b: int = 3) -> Tensor:
     return torch.rand(b, 3, 32, 32)
@@ -27,24 +31,6 @@ def _save_clip(cfg: dict[str, Any], path: Path, seed: int = 7) -> Any:
     clip = open_clip.CLIP(**copy.deepcopy(cfg)).eval()
     torch.save(clip.state_dict(), path)
     return clip
-
-
-def _normalise(vit: OpenCLIPViT, images: Tensor) -> Tensor:
-    return (images - vit.mean_buffer) / vit.std_buffer
-
-
-def _manual_tokens(vit: OpenCLIPViT, images: Tensor) -> Tensor:
-    v = vit.visual
-    x = v.conv1(_normalise(vit, images)).flatten(2).transpose(1, 2)
-    cls = v.class_embedding.expand(x.shape[0], 1, -1)
-    return v.ln_pre(torch.cat([cls, x], dim=1) + v.positional_embedding)
-
-
-def _manual_feature(vit: OpenCLIPViT, tokens: Tensor) -> Tensor:
-    v = vit.visual
-    for blk in v.transformer.resblocks:
-        tokens = blk(tokens)
-    return v.ln_post(tokens[:, 0]) @ v.proj
 
 
 def test_shapes_features_and_parameters(clip_args: dict[str, Any]) -> None:

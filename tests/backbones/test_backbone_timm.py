@@ -11,31 +11,12 @@ from torch import Tensor
 
 from cfmask.backbones import TimmViT, VisionBackbone
 
+from ..helpers.manual_vit import timm_feature as _manual_cls
+from ..helpers.manual_vit import timm_tokens as _manual_tokens
+
 
 def _images(b: int = 3) -> Tensor:
     return torch.rand(b, 3, 32, 32)
-
-
-def _manual_tokens(vit: TimmViT, images: Tensor) -> Tensor:
-    """Stem written out by hand: patchify, prepend CLS, add position embedding, norm_pre."""
-    m = vit.model
-    x = (images - vit.mean_buffer) / vit.std_buffer
-    x = m.patch_embed.proj(x).flatten(2).transpose(1, 2)
-    prefix = [m.cls_token.expand(x.shape[0], -1, -1)]
-    if m.reg_token is not None:
-        prefix.append(m.reg_token.expand(x.shape[0], -1, -1))
-    if m.no_embed_class:
-        x = torch.cat([*prefix, x + m.pos_embed], dim=1)
-    else:
-        x = torch.cat([*prefix, x], dim=1) + m.pos_embed
-    return m.norm_pre(x)
-
-
-def _manual_cls(vit: TimmViT, tokens: Tensor) -> Tensor:
-    m = vit.model
-    for blk in m.blocks:
-        tokens = blk(tokens)
-    return m.norm(tokens)[:, 0]
 
 
 def test_shapes_and_properties(timm_args: dict[str, Any]) -> None:
