@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -13,7 +14,11 @@ from torch import Tensor
 
 from cfmask.reporting import results_table, write_results
 
-__all__ = ("CounterfactualImageLogger", "TestResultsReport")
+if TYPE_CHECKING:
+    from cfmask.objective import CounterfactualObjective
+    from cfmask.relevance.base import RelevanceMap
+
+__all__ = ("CounterfactualImageLogger", "MaskQualityMonitor", "TestResultsReport")
 
 
 class TestResultsReport(pl.Callback):
@@ -151,7 +156,6 @@ class CounterfactualImageLogger(pl.Callback):
             ``(3, H', W')`` image in ``[0, 1]``.
         """
         from cfmask.finetuner import CounterfactualFineTuner
-        from cfmask.objective import INITIAL_TEACHER
         from cfmask.visualization import counterfactual_grid
 
         if not isinstance(pl_module, CounterfactualFineTuner):
@@ -169,12 +173,7 @@ class CounterfactualImageLogger(pl.Callback):
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             scores = None
             if objective.relevance is not None:
-                source = (
-                    student
-                    if objective.relevance_source == "student"
-                    else objective.teachers[INITIAL_TEACHER]
-                )
-                scores = objective.relevance(source, images, targets)
+                scores = objective.relevance_scores(images, targets)
             object_masks = (
                 None if self._object_masks is None else self._object_masks.to(pl_module.device)
             )
@@ -182,3 +181,178 @@ class CounterfactualImageLogger(pl.Callback):
                 images, targets, scores=scores, object_masks=object_masks
             )
         return counterfactual_grid(images, mask, cf, grid_size, patch_size, scores=scores)
+
+
+#: The measures of :class:`MaskQualityMonitor`, in the order of the paper's Table 2.
+MASK_QUALITY_MEASURES: tuple[str, ...] = ("image_mr", "object_mr", "iou")
+
+
+class MaskQualityMonitor(pl.Callback):
+    """Measure CAM object masks against ground-truth object masks during training.
+
+    The check of the paper's Table 2 ([0], Sec. 4.2, Appendix A.2) for any
+    datamodule whose training batches are ``(images, targets, object_masks)`` with
+    ``(B, H, W)`` masks (for example :class:`~cfmask.data.ImageFolderDataModule`
+    with ``masks_root``). On every ``every_n_batches``-th training batch, before
+    the optimisation step, it computes the relevance map of the current model the
+    way the fine-tuner does (:meth:`~cfmask.objective.CounterfactualObjective.relevance_scores`),
+    thresholds it with :class:`~cfmask.masking.ObjectMasker` at each threshold,
+    expands the patch masks to pixels and compares them with the object masks:
+    image masking rate, object masking rate and IoU
+    (:func:`~cfmask.functional.mask_overlap_rates`), averaged over images.
+
+    Images without object pixels are left out of the averages and counted in
+    ``skipped_empty``. At each training epoch end the running averages since the
+    start of training are logged as ``mask_quality/t=<threshold>/<measure>``;
+    :meth:`rows` returns them as a table. Under DDP the sums are added over ranks.
+    The measurement draws no random numbers and leaves no gradients, so training
+    goes exactly as without the monitor.
+
+    Args:
+        thresholds: CAM thresholds, in ``[0, 1]`` (the paper's grid by default).
+        every_n_batches: Measure every ``n``-th training batch.
+        relevance: Relevance map to measure; defaults to the fine-tuner's own map,
+            or :class:`~cfmask.relevance.AttentionGradRelevance` when the fine-tuner
+            has none (a run with random, exact-mask or no masks).
+
+    Raises:
+        ValueError: For a threshold outside ``[0, 1]`` or ``every_n_batches < 1``.
+
+    Example:
+        >>> monitor = MaskQualityMonitor(thresholds=(0.4, 0.6), every_n_batches=10)
+        >>> monitor.rows()
+        []
+
+    References:
+        [0] Xiao et al., *Masked Images Are Counterfactual Samples for Robust
+        Fine-tuning*, CVPR 2023, arXiv:2303.03052.
+    """
+
+    def __init__(
+        self,
+        thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6),
+        every_n_batches: int = 1,
+        relevance: RelevanceMap | None = None,
+    ) -> None:
+        super().__init__()
+        from cfmask.masking.maskers import ObjectMasker
+
+        if every_n_batches < 1:
+            raise ValueError(f"every_n_batches must be >= 1, got {every_n_batches}")
+        if not thresholds:
+            raise ValueError("thresholds must name at least one CAM threshold")
+        self.maskers = {float(t): ObjectMasker(threshold=float(t)) for t in thresholds}
+        self.every_n_batches = every_n_batches
+        self.relevance = relevance
+        #: ``(T, 3)`` sums of the per-image measures, per threshold (sorted as given).
+        self.sums = torch.zeros(len(self.maskers), len(MASK_QUALITY_MEASURES), dtype=torch.float64)
+        #: Images measured (with object pixels).
+        self.count = 0
+        #: Images left out because their object mask is empty.
+        self.skipped_empty = 0
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Measure this batch's masks before the optimisation step."""
+        if batch is None or batch_idx % self.every_n_batches:
+            return
+        from cfmask.finetuner import CounterfactualFineTuner
+
+        if not isinstance(pl_module, CounterfactualFineTuner):
+            raise TypeError(
+                f"MaskQualityMonitor needs a CounterfactualFineTuner, got "
+                f"{type(pl_module).__name__}"
+            )
+        if not isinstance(batch, Sequence) or len(batch) < 3:
+            raise ValueError(
+                "MaskQualityMonitor needs training batches (images, targets, object_masks) "
+                "with (B, H, W) object masks, but the batch has no masks; give the "
+                "datamodule a masks folder (ImageFolderDataModule(masks_root=...)) or "
+                "remove the callback."
+            )
+        self.measure(pl_module.objective, batch[0], batch[1], batch[2])
+
+    @torch.no_grad()
+    def _accumulate(self, rates: Tensor) -> None:
+        keep = ~rates[:, :, 1].isnan().any(0)
+        self.sums += rates[:, keep].sum(1).cpu()
+        self.count += int(keep.sum())
+        self.skipped_empty += int((~keep).sum())
+
+    def measure(
+        self, objective: CounterfactualObjective, images: Tensor, targets: Tensor, masks: Tensor
+    ) -> Tensor:
+        """Measure one batch and add it to the running sums.
+
+        Args:
+            objective: The fine-tuner's objective (its student and relevance source).
+            images: ``(B, C, H, W)`` pixels in ``[0, 1]``.
+            targets: ``(B,)`` class indices.
+            masks: ``(B, H, W)`` object masks (bool, or float/int with object > 0.5).
+
+        Returns:
+            ``(T, B, 3)`` float64 per-threshold, per-image measures.
+
+        Raises:
+            ValueError: If the masks do not match the images' ``(B, H, W)``.
+        """
+        from cfmask.functional.patches import mask_overlap_rates, patch_mask_to_pixels
+        from cfmask.relevance.attention import AttentionGradRelevance
+
+        expected = (images.shape[0], *images.shape[-2:])
+        if tuple(masks.shape) != expected:
+            raise ValueError(
+                f"object masks must be (B, H, W) = {expected} to match images of shape "
+                f"{tuple(images.shape)}, got {tuple(masks.shape)}; resize and crop the "
+                "masks exactly like the images."
+            )
+        relevance = self.relevance if self.relevance is not None else objective.relevance
+        if relevance is None:
+            self.relevance = relevance = AttentionGradRelevance()
+        student = objective.student
+        with torch.enable_grad():
+            scores = objective.relevance_scores(images, targets, relevance=relevance).detach()
+        gt = masks.to(scores.device)
+        gt = gt if gt.dtype == torch.bool else gt > 0.5
+        out = []
+        for masker in self.maskers.values():
+            mask = masker(scores, scores.shape[0], student.grid_size, scores.device)
+            pixels = patch_mask_to_pixels(mask, student.grid_size, student.patch_size)[:, 0]
+            out.append(mask_overlap_rates(pixels, gt))
+        rates = torch.stack(out)
+        self._accumulate(rates)
+        return rates
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the running averages since the start of training."""
+        sums = trainer.strategy.reduce(self.sums.clone(), reduce_op="sum")
+        count = trainer.strategy.reduce(
+            torch.tensor(float(self.count), dtype=torch.float64), reduce_op="sum"
+        )
+        if float(count) == 0:
+            return
+        means = (sums / count).float()
+        for row, t in enumerate(self.maskers):
+            for col, name in enumerate(MASK_QUALITY_MEASURES):
+                pl_module.log(f"mask_quality/t={t:g}/{name}", means[row, col], rank_zero_only=True)
+
+    def rows(self) -> list[dict[str, float]]:
+        """The running averages on this process, one row per threshold.
+
+        Returns:
+            ``[{"threshold", "image_mr", "object_mr", "iou", "n"}, ...]`` in decreasing
+            threshold order (as in Table 2); empty before any image with an object.
+        """
+        if self.count == 0:
+            return []
+        means = self.sums / self.count
+        rows = [
+            {
+                "threshold": t,
+                **{name: float(means[i, j]) for j, name in enumerate(MASK_QUALITY_MEASURES)},
+                "n": float(self.count),
+            }
+            for i, t in enumerate(self.maskers)
+        ]
+        return sorted(rows, key=lambda r: -r["threshold"])

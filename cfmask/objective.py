@@ -317,16 +317,38 @@ class CounterfactualObjective(nn.Module):
         if self.masker.requires_object_masks:
             scores = self._object_coverage(images, object_masks)
         elif scores is None and self.masker.requires_relevance:
-            relevance = self._require_relevance()
-            source = (
-                self.student
-                if self.relevance_source == "student"
-                else self.teachers[INITIAL_TEACHER]
-            )
-            scores = relevance(source, images, targets)
+            scores = self.relevance_scores(images, targets)
         mask: Tensor = self.masker(scores, batch_size, self.student.grid_size, images.device)
         cf: Counterfactual = self.refiller(images.detach(), mask, self.student.patch_size)
         return cf, mask
+
+    def relevance_scores(
+        self, images: Tensor, targets: Tensor, relevance: RelevanceMap | None = None
+    ) -> Tensor:
+        """Relevance of each patch for the target class, from the configured source.
+
+        The source is the student, or the frozen initial teacher when
+        ``relevance_source="teacher"``, as for the masks of
+        :meth:`make_counterfactual`.
+
+        Args:
+            images: ``(B, C, H, W)`` pixels in ``[0, 1]``.
+            targets: ``(B,)`` ground-truth class indices.
+            relevance: Relevance map to use instead of the configured one (lets a
+                monitor measure CAM masks in a run that masks without them).
+
+        Returns:
+            ``(B, N)`` non-negative relevance scores.
+
+        Raises:
+            ValueError: When neither ``relevance`` nor a configured map is available.
+        """
+        relevance = relevance if relevance is not None else self._require_relevance()
+        source = (
+            self.student if self.relevance_source == "student" else self.teachers[INITIAL_TEACHER]
+        )
+        scores: Tensor = relevance(source, images, targets)
+        return scores
 
     def _object_coverage(self, images: Tensor, object_masks: Tensor | None) -> Tensor:
         """``(B, N)`` object coverage of each patch, for maskers that need object masks."""

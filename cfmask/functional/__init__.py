@@ -13,6 +13,7 @@ from cfmask.functional.masking import (
 from cfmask.functional.patches import (
     check_grid,
     check_patch_mask,
+    mask_overlap_rates,
     patch_coverage,
     patch_mask_to_pixels,
 )
@@ -24,6 +25,7 @@ __all__: tuple[str, ...] = (
     "check_grid",
     "check_patch_mask",
     "keep_index_from_mask",
+    "mask_overlap_rates",
     "multi_image_donors",
     "normalize_by_max",
     "patch_coverage",

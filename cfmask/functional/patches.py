@@ -17,7 +17,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ("check_grid", "check_patch_mask", "patch_coverage", "patch_mask_to_pixels")
+__all__ = (
+    "check_grid",
+    "check_patch_mask",
+    "mask_overlap_rates",
+    "patch_coverage",
+    "patch_mask_to_pixels",
+)
 
 
 def check_grid(images: Tensor, patch_size: int) -> tuple[int, int]:
@@ -189,3 +195,54 @@ def patch_coverage(object_masks: Tensor, patch_size: int) -> Tensor:
     h, w = height // patch_size, width // patch_size
     blocks = values.reshape(batch, h, patch_size, w, patch_size)
     return blocks.mean(dim=(2, 4)).reshape(batch, h * w)
+
+
+def mask_overlap_rates(pixel_masks: Tensor, object_masks: Tensor) -> Tensor:
+    """Image masking rate, object masking rate and IoU of masks against objects.
+
+    The three measures of the paper's Table 2 ([0], Sec. 4.2 and Appendix A.2),
+    per image, with ``M`` the masked pixels, ``O`` the object pixels and ``I`` all
+    pixels: image MR ``n(M) / n(I)``, object MR ``n(M and O) / n(O)`` and IoU
+    ``n(M and O) / n(M or O)``.
+
+    Args:
+        pixel_masks: ``(B, H, W)`` bool masked pixels (for a patch mask, the output of
+            :func:`patch_mask_to_pixels` with its channel squeezed).
+        object_masks: ``(B, H, W)`` bool ground-truth object pixels.
+
+    Returns:
+        ``(B, 3)`` float64: image MR, object MR and IoU. The object MR is NaN for an
+        image without object pixels, the IoU is NaN when both masks are empty.
+
+    Raises:
+        ValueError: If the two masks are not bool tensors of the same ``(B, H, W)`` shape.
+
+    Example:
+        >>> import torch
+        >>> masked = torch.tensor([[[True, True], [False, False]]])
+        >>> objects = torch.tensor([[[True, False], [True, False]]])
+        >>> mask_overlap_rates(masked, objects)
+        tensor([[0.5000, 0.5000, 0.3333]], dtype=torch.float64)
+    """
+    if pixel_masks.ndim != 3 or pixel_masks.shape != object_masks.shape:
+        raise ValueError(
+            f"expected masked pixels and object masks of the same (B, H, W) shape, got "
+            f"{tuple(pixel_masks.shape)} and {tuple(object_masks.shape)}; bring the object "
+            "masks to the image size first."
+        )
+    if pixel_masks.dtype != torch.bool or object_masks.dtype != torch.bool:
+        raise ValueError(
+            f"expected bool masks, got {pixel_masks.dtype} and {object_masks.dtype}; "
+            "threshold soft masks first (e.g. masks >= 0.5)."
+        )
+    masked = pixel_masks.flatten(1)
+    objects = object_masks.flatten(1)
+    n_masked = masked.sum(1, dtype=torch.float64)
+    n_object = objects.sum(1, dtype=torch.float64)
+    inter = (masked & objects).sum(1, dtype=torch.float64)
+    union = (masked | objects).sum(1, dtype=torch.float64)
+    image_mr = n_masked / masked.shape[1]
+    nan = torch.full_like(inter, float("nan"))
+    object_mr = torch.where(n_object > 0, inter / n_object.clamp(min=1), nan)
+    iou = torch.where(union > 0, inter / union.clamp(min=1), nan)
+    return torch.stack([image_mr, object_mr, iou], dim=1)
