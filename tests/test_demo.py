@@ -249,7 +249,7 @@ def test_tiny_demo_run_writes_every_output(tmp_path: Path, no_system_data: None)
     ood = results["benchmark"]["ood_sets"]
     assert len(ood) == 5
     keys = ("zero-shot", "vanilla", "wise-ft", "fd", "kd")
-    masked = ("object-single", "context-single", "random-single")
+    masked = ("object-single", "context-single", "random-single", "object-exact-single")
     for key in (*keys, *masked):
         entry = results["methods"][key]
         assert set(entry["ood"]) == set(ood)
@@ -285,6 +285,16 @@ def test_tiny_demo_run_writes_every_output(tmp_path: Path, no_system_data: None)
     comp = results["method_components"]["object-single"]
     assert comp["masker"]["class_path"].endswith("ObjectMasker")
     assert comp["masker"]["init_args"]["threshold"] == sel["chosen"]["object"]
+    # The exact-mask ceiling: SegmentationMasker on the batches' garment masks, same beta.
+    exact = results["method_components"]["object-exact-single"]
+    assert exact["masker"]["class_path"].endswith("SegmentationMasker")
+    assert exact["masker"]["init_args"]["min_coverage"] == 0.5
+    assert exact["distillation"][0]["init_args"]["weight"] == sel["beta"]
+    assert results["headline_exact_mask"].startswith("Exact-mask object masking")
+    # Every tiny garment covers part of the image: the exact mask masks some patches,
+    # never all of them.
+    for r in results["methods"]["object-exact-single"]["seeds"]:
+        assert 0.0 < r["mask_fraction"] < 1.0
     rows = results["mask_quality"]["rows"]
     assert [r["threshold"] for r in rows] == [0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
     for r in rows:

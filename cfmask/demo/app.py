@@ -53,6 +53,7 @@ from cfmask.demo.runner import (
     JobRunner,
     Method,
     Profile,
+    exact_object_method,
     fd_method,
     kd_method,
     standard_masking_methods,
@@ -411,6 +412,9 @@ def run_demo(
         masking = standard_masking_methods(
             beta, chosen["object"], chosen["context"], chosen["random"]
         )
+        # The exact-mask ceiling: fixed coverage, nothing selected, so it runs on every
+        # seed (seed 0 included) with the others.
+        exact = exact_object_method(beta, ft.exact_min_coverage)
         # The chosen seed-0 runs (and, for --beta-grid, FD at every beta) on the tests.
         to_test: dict[str, tuple[str, float, JobResult]] = {}
         for b, r in fd_runs.items():
@@ -430,14 +434,17 @@ def run_demo(
         # Every seed, paired.
         t0 = time.perf_counter()
         kd = kd_method(ft.kd_weight, ft.kd_temperature)
-        jobs = [Job(f"{kd.label} seed 0", 0, kd)]
-        keys: dict[str, tuple[str, float | None]] = {jobs[0].tag: ("kd", None)}
+        jobs = [Job(f"{kd.label} seed 0", 0, kd), Job(f"{exact.label} seed 0", 0, exact)]
+        keys: dict[str, tuple[str, float | None]] = {
+            jobs[0].tag: ("kd", None),
+            jobs[1].tag: (exact.key, beta),
+        }
         for seed in seeds[1:]:
             for m, mb in (
                 (vanilla_method(), None),
                 (fd_method(beta), beta),
                 (kd, None),
-                *((mm, beta) for mm in masking),
+                *((mm, beta) for mm in [*masking, exact]),
             ):
                 job = Job(
                     f"{m.label} seed {seed}",
@@ -456,6 +463,7 @@ def run_demo(
                     *standard_masking_methods(
                         b, chosen["object"], chosen["context"], chosen["random"]
                     ),
+                    exact_object_method(b, ft.exact_min_coverage),
                 ]:
                     for seed in seeds:
                         if m.key == "fd" and seed == 0:
@@ -482,6 +490,7 @@ def run_demo(
         "fd": f"FD (no mask) β={beta:g}",
         "kd": "KD",
     }
+    masking = [*masking, exact]
     labels.update({m.key: m.label for m in masking})
     methods: dict[str, Any] = {
         "zero-shot": report.aggregate([zero_shot], ood),
@@ -519,6 +528,7 @@ def run_demo(
     deltas = deltas_at(beta)
     grid_deltas = {b: deltas_at(b) for b in ft.betas if beta_grid}
     sentence = headline(deltas["object-single"], "CAM object masking (single fill)")
+    ceiling = headline(deltas[exact.key], "Exact-mask object masking (single fill)")
 
     # Report.
     console.print(report.regime_table(checks))
@@ -543,6 +553,7 @@ def run_demo(
     if mask_rows:
         console.print(report.mask_quality_table(mask_rows))
     console.print(f"[bold]{sentence}[/bold]")
+    console.print(f"Ceiling: {ceiling}")
 
     curve = _mean_curve(
         wise_curves_with_ends(wise_curves, zero_shot, per_seed("vanilla", None)), ood
@@ -593,6 +604,7 @@ def run_demo(
             for b, dd in grid_deltas.items()
         },
         "headline": sentence,
+        "headline_exact_mask": ceiling,
         "method_components": {
             "vanilla": vanilla_method().config(),
             "fd": fd_method(beta).config(),

@@ -463,18 +463,31 @@ class ImageSet:
         )
 
 
-class TensorImageDataset(Dataset[tuple[Tensor, Tensor]]):
-    """``(image, label)`` pairs from an :class:`ImageSet`, images as float in ``[0, 1]``."""
+class TensorImageDataset(Dataset[tuple[Tensor, ...]]):
+    """Items of an :class:`ImageSet`: ``(image, label)`` or ``(image, label, object_mask)``.
 
-    def __init__(self, images: ImageSet) -> None:
+    Images are float in ``[0, 1]``; with ``with_masks`` each item also carries its
+    ``(H, W)`` bool garment mask, so batches are ``(images, targets, masks)``, the
+    layout that :class:`~cfmask.masking.SegmentationMasker` and
+    :class:`~cfmask.callbacks.MaskQualityMonitor` read.
+
+    Args:
+        images: The set.
+        with_masks: Also yield the exact object masks.
+    """
+
+    def __init__(self, images: ImageSet, with_masks: bool = False) -> None:
         self.x = images.float_images()
         self.y = images.labels
+        self.masks = images.object_masks if with_masks else None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.x[i], self.y[i]
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        if self.masks is None:
+            return self.x[i], self.y[i]
+        return self.x[i], self.y[i], self.masks[i]
 
 
 def _compose(

@@ -452,4 +452,6 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         for key, name in (("image_mr", "image MR"), ("object_mr", "object MR"), ("iou", "IoU")):
             lines.append(f"| {name} | " + " | ".join(f"{r[key]:.2f}" for r in rows) + " |")
     lines += ["", payload["headline"], ""]
+    if payload.get("headline_exact_mask"):
+        lines += ["Ceiling: " + payload["headline_exact_mask"], ""]
     return "\n".join(lines)

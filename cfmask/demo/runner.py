@@ -29,10 +29,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from cfmask.demo.data import Benchmark, BenchmarkConfig, ImageSet, TensorImageDataset
+from cfmask.demo.data import Benchmark, BenchmarkConfig, TensorImageDataset
 from cfmask.demo.teacher import ModelConfig, PretrainConfig, accuracy, build_backbone, pinned_torch
+from cfmask.callbacks import MaskQualityMonitor
 from cfmask.finetuner import CounterfactualFineTuner
-from cfmask.functional.patches import patch_mask_to_pixels
 from cfmask.losses import DistillationLoss, FeatureDistillationLoss, LogitDistillationLoss
 from cfmask.masking import (
     ContextMasker,
@@ -41,6 +41,7 @@ from cfmask.masking import (
     ObjectMasker,
     RandomMasker,
     Refiller,
+    SegmentationMasker,
     SingleImageRefiller,
 )
 from cfmask.relevance import AttentionGradRelevance, RelevanceMap
@@ -53,9 +54,9 @@ __all__ = (
     "JobResult",
     "JobRunner",
     "MaskFractionMeter",
-    "MaskQualityMeter",
     "Method",
     "Profile",
+    "exact_object_method",
     "fd_method",
     "kd_method",
     "masking_method",
@@ -80,6 +81,8 @@ class FineTuneConfig:
         object_thresholds: CAM thresholds tried for object masks (chosen on ID val).
         context_thresholds: CAM thresholds tried for context masks (chosen on ID val).
         random_ratios: Masking rates tried for random masks (chosen on ID val).
+        exact_min_coverage: Patch coverage from which the exact-mask row masks a patch
+            (:class:`~cfmask.masking.SegmentationMasker`); fixed, not selected.
         kd_weight: Weight ``gamma`` of the logit distillation (KD).
         kd_temperature: Temperature of the logit distillation.
         wise_alphas: Mixing coefficients of the WiSE-FT curve.
@@ -96,6 +99,7 @@ class FineTuneConfig:
     object_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
     context_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
     random_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    exact_min_coverage: float = 0.5
     kd_weight: float = 1.0
     kd_temperature: float = 4.0
     wise_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -262,6 +266,29 @@ def standard_masking_methods(
     return out
 
 
+def exact_object_method(beta: float, min_coverage: float) -> Method:
+    """Object masking from the exact garment masks, with the single-image fill.
+
+    The ceiling of CAM object masking on this benchmark: the same objective, but the
+    masked patches are those the true object covers (at least ``min_coverage`` of
+    their pixels), read from the batch's masks by
+    :class:`~cfmask.masking.SegmentationMasker`.
+
+    Args:
+        beta: Feature distillation weight (the CAM rows' beta).
+        min_coverage: Object coverage from which a patch is masked.
+
+    Returns:
+        The method, key ``"object-exact-single"``.
+    """
+    return masking_method(
+        "object-exact-single",
+        f"object (exact mask)/single c={min_coverage:g}",
+        SegmentationMasker(min_coverage=min_coverage),
+        beta,
+    )
+
+
 class _Progress(pl.Callback):
     """Advance a progress callback after every training step."""
 
@@ -310,89 +337,6 @@ class MaskFractionMeter(pl.Callback):
     def mean(self) -> float | None:
         """Mean fraction over the recorded steps, or ``None`` without any."""
         return sum(self.values) / len(self.values) if self.values else None
-
-
-class MaskQualityMeter(pl.Callback):
-    """Measure CAM-based object masks against the exact garment masks during training.
-
-    On every ``every``-th training batch, before the step, the callback computes the
-    relevance map of the current student exactly as the fine-tuner does, thresholds
-    it with :class:`~cfmask.masking.ObjectMasker` at each threshold, expands the patch
-    masks to pixels and compares them with the true garment masks (found by matching
-    the batch's images against the training set). Rates are averaged per image, as
-    in the paper's Table 2.
-
-    Args:
-        train: The fine-tuning training set (with its exact object masks).
-        thresholds: CAM thresholds to measure.
-        every: Measurement period in batches.
-    """
-
-    def __init__(self, train: ImageSet, thresholds: Sequence[float], every: int) -> None:
-        self.thresholds = tuple(thresholds)
-        self.every = max(1, every)
-        self.masks = train.object_masks
-        gen = torch.Generator().manual_seed(1234)
-        self._w = torch.randn(train.images[0].numel(), generator=gen, dtype=torch.float64)
-        keys = train.float_images().flatten(1).double() @ self._w
-        self._keys, self._order = keys.sort()
-        self.sums = {t: [0.0, 0.0, 0.0] for t in self.thresholds}
-        self.count = 0
-
-    def _lookup(self, images: Tensor) -> Tensor:
-        keys = images.detach().cpu().flatten(1).double() @ self._w
-        pos = torch.searchsorted(self._keys, keys).clamp(max=len(self._keys) - 1)
-        lower = (pos - 1).clamp(min=0)
-        pick = torch.where(
-            (self._keys[lower] - keys).abs() < (self._keys[pos] - keys).abs(), lower, pos
-        )
-        if ((self._keys[pick] - keys).abs() > 1e-6 * keys.abs().clamp(min=1)).any():
-            raise RuntimeError("could not match a training batch to the training set")
-        return self._order[pick]
-
-    @torch.no_grad()
-    def _measure(self, relevance: Tensor, gt: Tensor, grid: tuple[int, int], patch: int) -> None:
-        gt = gt.bool()
-        obj = gt.flatten(1).sum(1).clamp(min=1).double()
-        pixels = float(gt[0].numel())
-        for t in self.thresholds:
-            mask = ObjectMasker(threshold=t)(relevance, relevance.shape[0], grid, relevance.device)
-            pix = patch_mask_to_pixels(mask, grid, patch).cpu().reshape(gt.shape).bool()
-            inter = (pix & gt).flatten(1).sum(1).double()
-            union = (pix | gt).flatten(1).sum(1).clamp(min=1).double()
-            s = self.sums[t]
-            s[0] += float((pix.flatten(1).sum(1).double() / pixels).sum())
-            s[1] += float((inter / obj).sum())
-            s[2] += float((inter / union).sum())
-        self.count += int(gt.shape[0])
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        """Measure the masks of this batch before the optimisation step."""
-        if batch_idx % self.every or not isinstance(pl_module, CounterfactualFineTuner):
-            return
-        if pl_module.relevance is None:
-            return
-        images, targets = batch[0], batch[1]
-        idx = self._lookup(images)
-        student = pl_module.student
-        scores = pl_module.relevance(student, images, targets)
-        self._measure(scores, self.masks[idx], student.grid_size, student.patch_size)
-
-    def rows(self) -> list[dict[str, float]]:
-        """Return one row per threshold: ``image_mr``, ``object_mr``, ``iou`` and ``n``."""
-        n = max(1, self.count)
-        return [
-            {
-                "threshold": t,
-                "image_mr": s[0] / n,
-                "object_mr": s[1] / n,
-                "iou": s[2] / n,
-                "n": float(self.count),
-            }
-            for t, s in sorted(self.sums.items(), reverse=True)
-        ]
 
 
 @contextmanager
@@ -455,7 +399,7 @@ class JobResult:
             with ``seconds`` and, for masked methods, ``mask_fraction``.
         wise: One result per WiSE-FT alpha, each with an ``alpha`` entry.
         state: The fine-tuned state dict when ``keep_state``.
-        mask_quality: Rows of :meth:`MaskQualityMeter.rows` when requested.
+        mask_quality: Rows of :meth:`~cfmask.callbacks.MaskQualityMonitor.rows` when requested.
     """
 
     tag: str
@@ -504,7 +448,7 @@ class _Context:
             **method.components(),
         )
         loader = DataLoader(
-            TensorImageDataset(self.bench.train),
+            TensorImageDataset(self.bench.train, with_masks=True),
             batch_size=ft.batch_size,
             shuffle=True,
             drop_last=True,
@@ -546,8 +490,8 @@ class _Context:
             cbs: list[pl.Callback] = [fraction]
             quality = None
             if job.mask_quality:
-                quality = MaskQualityMeter(
-                    self.bench.train, self.profile.mask_thresholds, self.profile.mask_every
+                quality = MaskQualityMonitor(
+                    self.profile.mask_thresholds, every_n_batches=self.profile.mask_every
                 )
                 cbs.append(quality)
             if advance is not None:
