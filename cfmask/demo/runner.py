@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from cfmask.callbacks import MaskQualityMonitor
 from cfmask.demo.data import Benchmark, BenchmarkConfig, TensorImageDataset
 from cfmask.demo.teacher import ModelConfig, PretrainConfig, accuracy, build_backbone, pinned_torch
-from cfmask.callbacks import MaskQualityMonitor
 from cfmask.finetuner import CounterfactualFineTuner
 from cfmask.losses import DistillationLoss, FeatureDistillationLoss, LogitDistillationLoss
 from cfmask.masking import (
