@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,24 @@ from cfmask.data.transforms import eval_transform, train_transform
 from cfmask.metrics import EvalSet
 
 __all__ = ()
+
+
+def loader_config_from(arguments: Mapping[str, Any]) -> LoaderConfig:
+    """The :class:`LoaderConfig` of a datamodule constructor's keyword arguments.
+
+    Every datamodule takes the loader settings as flat constructor keywords (so
+    YAML recipes and LightningCLI see them) and passes its ``locals()`` here;
+    the settings are picked out by the config's field names.
+
+    Args:
+        arguments: The constructor's arguments by name (at least every field of
+            :class:`LoaderConfig`).
+
+    Returns:
+        The (validated) loader config.
+    """
+    names = [field.name for field in dataclasses.fields(LoaderConfig)]
+    return LoaderConfig(**{name: arguments[name] for name in names})
 
 
 class _ImageDataModule(LightningDataModule):

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cfmask.data.base import _ImageDataModule
+from cfmask.data.base import _ImageDataModule, loader_config_from
 from cfmask.data.folder import FolderImageDataset
 from cfmask.data.imagenet import ImageNet, imagenet_class_names
-from cfmask.data.loading import LoaderConfig
 from cfmask.data.ood import ImageNetA, ImageNetR, ImageNetSketch, ImageNetV2, ObjectNet
 from cfmask.data.roots import OOD_SETS, OODSet, resolve_set_root
 from cfmask.data.splits import carve_subset, stratified_split
@@ -91,20 +90,7 @@ class ImageNetOODDataModule(_ImageDataModule):
         cache_dir: str | None = None,
         cache_train: bool = False,
     ) -> None:
-        super().__init__(
-            LoaderConfig(
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                num_workers=num_workers,
-                image_size=image_size,
-                interpolation=interpolation,
-                augment=augment,
-                pin_memory=pin_memory,
-                persistent_workers=persistent_workers,
-                skip_corrupt=skip_corrupt,
-                cache_dir=cache_dir,
-            )
-        )
+        super().__init__(loader_config_from(locals()))
         unknown = [s for s in ood_sets if s not in OOD_SETS]
         if unknown or len(set(ood_sets)) != len(ood_sets):
             raise ValueError(
