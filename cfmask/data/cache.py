@@ -3,15 +3,17 @@
 Without augmentation an image's network input is a fixed function of the file,
 so decoding and resizing can be done once. The cache stores every sample's
 crop as ``uint8`` in one raw memory-mapped array of shape ``(N, S, S, 3)``
-(``S * S * 3`` bytes per image: 150,528 at 224 px), plus the class index of
+(``S * S * 3`` bytes per image: 150,528 at 224 px), for a set with object
+masks (:mod:`cfmask.data.masks`) each mask's crop as ``0``/``1`` in a second
+array of shape ``(N, S, S)`` (``S * S`` more bytes per image), plus the class index of
 each sample, which samples could not be decoded, and a ``meta.json`` that is
 written last (its presence marks a complete cache). Reading a cached sample
 gives exactly the tensor the uncached path gives, because ``ToTensor`` is
 ``uint8 / 255`` too.
 
-The cache is keyed by set name, image size, interpolation and a hash of the
-sample paths, so a changed set, split seed or transform builds a new cache
-instead of serving stale crops.
+The cache is keyed by set name, image size, interpolation, a hash of the
+sample paths and the masks folder, so a changed set, split seed, transform or
+masks folder builds a new cache instead of serving stale crops.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = ("CachedImageDataset", "build_cache", "cache_path", "open_or_build_cac
 
 _log = logging.getLogger(__name__)
 _IMAGES = "images.u8"
+_MASKS = "masks.u8"
 
 
 def cache_path(
@@ -57,6 +60,8 @@ def cache_path(
     h = hashlib.sha1()
     h.update(f"{dataset.name}|{image_size}|{interpolation}|{type(dataset).__name__}".encode())
     h.update(str(getattr(dataset, "border", 0)).encode())
+    if dataset.mask_root is not None:  # sets without masks keep the keys they always had
+        h.update(f"|masks:{dataset.mask_root}".encode())
     for s in dataset.samples:
         h.update(f"{s.path}\t{s.class_index}\n".encode())
     return (
@@ -65,7 +70,7 @@ def cache_path(
 
 
 class _Uint8Crops(Dataset[tuple[int, Any]]):
-    """Yields ``(index, (S, S, 3) uint8 array or None)`` for cache building."""
+    """Yields ``(index, ((S, S, 3) uint8 image, (S, S) uint8 mask or None) or None)``."""
 
     def __init__(self, dataset: FolderImageDataset) -> None:
         self.dataset = dataset
@@ -74,15 +79,15 @@ class _Uint8Crops(Dataset[tuple[int, Any]]):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[int, Any]:
+        assert self.dataset.transform is not None
         try:
-            image = self.dataset.load(index)
+            x, mask = self.dataset.load_transformed(index)
         except CorruptImageError:
             if not self.dataset.skip_corrupt:
                 raise
             return index, None
-        assert self.dataset.transform is not None
-        x = self.dataset.transform(image)
-        return index, (x * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        image = (x * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return index, (image, None if mask is None else mask.to(torch.uint8).numpy())
 
 
 def _keep_list(batch: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
@@ -117,6 +122,12 @@ def build_cache(
     tmp.mkdir(parents=True)
     n = len(dataset)
     mm = np.memmap(tmp / _IMAGES, dtype=np.uint8, mode="w+", shape=(n, image_size, image_size, 3))
+    has_masks = dataset.mask_root is not None
+    masks = (
+        np.memmap(tmp / _MASKS, dtype=np.uint8, mode="w+", shape=(n, image_size, image_size))
+        if has_masks
+        else None
+    )
     valid = np.ones(n, dtype=bool)
     loader = DataLoader(
         _Uint8Crops(dataset),
@@ -125,13 +136,18 @@ def build_cache(
         collate_fn=_keep_list,
     )
     for batch in loader:
-        for i, arr in batch:
-            if arr is None:
+        for i, crops in batch:
+            if crops is None:
                 valid[i] = False
-            else:
-                mm[i] = arr
+                continue
+            mm[i] = crops[0]
+            if masks is not None:
+                masks[i] = crops[1]
     mm.flush()
     del mm
+    if masks is not None:
+        masks.flush()
+        del masks
     np.save(tmp / "valid.npy", valid)
     np.save(tmp / "class_index.npy", dataset.class_indices.numpy())
     meta = {
@@ -139,6 +155,7 @@ def build_cache(
         "num_samples": n,
         "image_size": image_size,
         "num_invalid": int((~valid).sum()),
+        "masks": has_masks,
     }
     (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
     shutil.rmtree(out, ignore_errors=True)
@@ -151,7 +168,8 @@ def build_cache(
 class CachedImageDataset(Dataset[Any]):
     """Serves a :class:`FolderImageDataset`'s crops from its cache.
 
-    Items are ``(image (3, S, S) float in [0, 1], target)``, identical to the
+    Items are ``(image (3, S, S) float in [0, 1], target)``, or ``(image,
+    target, mask (S, S) bool)`` for a set with object masks, identical to the
     uncached set's. A sample that could not be decoded when the cache was built
     is read from its file again through ``dataset``, so it behaves exactly as
     without the cache: :class:`~cfmask.data.folder.CorruptImageError` unless
@@ -173,9 +191,18 @@ class CachedImageDataset(Dataset[Any]):
                 f"cache {directory} holds {meta['num_samples']} samples, the set {len(dataset)}"
             )
         self.image_size = int(meta["image_size"])
+        self.has_masks = bool(meta.get("masks", False))
+        if self.has_masks != (dataset.mask_root is not None):
+            raise ValueError(
+                f"cache {directory} was built {'with' if self.has_masks else 'without'} object "
+                f"masks but the set {dataset.name} has "
+                f"{'none' if dataset.mask_root is None else 'them'}; open the set's own cache "
+                "with open_or_build_cache (its key includes the masks folder)."
+            )
         self.valid = np.load(self.directory / "valid.npy")
         self.class_index = np.load(self.directory / "class_index.npy")
         self._mm: np.memmap[Any, np.dtype[np.uint8]] | None = None
+        self._masks: np.memmap[Any, np.dtype[np.uint8]] | None = None
 
     # Forward the attributes the datamodule and metrics read.
     @property
@@ -188,7 +215,7 @@ class CachedImageDataset(Dataset[Any]):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_mm"] = None  # each worker opens its own map
+        state["_mm"] = state["_masks"] = None  # each worker opens its own maps
         return state
 
     def __getitem__(self, index: int) -> Any:
@@ -198,13 +225,20 @@ class CachedImageDataset(Dataset[Any]):
             # the skip exactly as an uncached run does, and a file replaced since the
             # build is decoded and served instead of the stale verdict.
             return self.dataset[index]
+        s = self.image_size
         if self._mm is None:
-            s = self.image_size
             self._mm = np.memmap(
                 self.directory / _IMAGES, dtype=np.uint8, mode="r", shape=(len(self), s, s, 3)
             )
         x = torch.from_numpy(np.array(self._mm[index])).permute(2, 0, 1).float().div(255)
-        return x, self.dataset.targets[int(self.class_index[index])]
+        target = self.dataset.targets[int(self.class_index[index])]
+        if not self.has_masks:
+            return x, target
+        if self._masks is None:
+            self._masks = np.memmap(
+                self.directory / _MASKS, dtype=np.uint8, mode="r", shape=(len(self), s, s)
+            )
+        return x, target, torch.from_numpy(np.array(self._masks[index]) != 0)
 
 
 def open_or_build_cache(

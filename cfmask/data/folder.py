@@ -17,12 +17,15 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from cfmask.data.masks import ImageMaskTransform
 
 __all__ = (
     "IMAGE_EXTENSIONS",
@@ -221,7 +224,10 @@ class FolderImageDataset(Dataset[Any]):
     returns (a ``(3, H, W)`` float tensor in ``[0, 1]`` with the library's
     transforms) and ``target`` is ``targets[class_index]``: an ImageNet index
     (``int``) for most sets, or a multi-hot ``(num_classes,)`` tensor for
-    multi-label sets such as ObjectNet.
+    multi-label sets such as ObjectNet. With ``mask_root``, each sample is
+    ``(image, target, mask)``: the image's ground-truth object mask
+    (:mod:`cfmask.data.masks`) moved through the same geometric steps as the
+    image, an ``(H, W)`` bool tensor of the transformed image's height and width.
 
     Args:
         name: Set name used in messages and results (e.g. ``"imagenet_r"``).
@@ -241,10 +247,17 @@ class FolderImageDataset(Dataset[Any]):
             (logits of the others are ignored), or ``None`` for all.
         multi_label: Whether targets are multi-hot ``(num_classes,)`` tensors.
         layout: Human description of the expected layout, used in errors.
+        mask_root: Folder mirroring ``root`` that holds one object mask per
+            image (``<mask_root>/<path below root>/<stem>.png``, see
+            :func:`~cfmask.data.masks.mask_path`), or ``None`` for no masks.
+            The dataset does not check that the files exist (the datamodule
+            does, for all sets at once, in ``setup``).
 
     Raises:
         DataLayoutError: If ``root`` or one of ``folders`` is missing, or no
             image is found.
+        ValueError: If ``mask_root`` is given with a ``transform`` that masks
+            cannot follow (see :class:`~cfmask.data.masks.ImageMaskTransform`).
     """
 
     def __init__(
@@ -262,6 +275,7 @@ class FolderImageDataset(Dataset[Any]):
         class_subset: Tensor | None = None,
         multi_label: bool = False,
         layout: str = "",
+        mask_root: str | os.PathLike[str] | None = None,
     ) -> None:
         if len(folders) != len(targets):
             raise ValueError(f"{len(folders)} folders but {len(targets)} targets")
@@ -279,6 +293,8 @@ class FolderImageDataset(Dataset[Any]):
         self.class_subset = class_subset
         self.multi_label = multi_label
         self.layout = layout
+        self.mask_root = None if mask_root is None else Path(mask_root)
+        self._paired = _paired_transform(transform) if mask_root is not None else None
         if samples is None:
             samples = self._scan()
         self.samples = [_Sample(Path(p), int(c)) for p, c in samples]
@@ -344,18 +360,85 @@ class FolderImageDataset(Dataset[Any]):
                 f"skip_corrupt=True to skip (and report) undecodable images."
             ) from err
 
+    def mask_path(self, index: int) -> Path:
+        """Where sample ``index``'s object mask lives (needs ``mask_root``).
+
+        Raises:
+            ValueError: If the set has no ``mask_root``.
+        """
+        from cfmask.data.masks import mask_path
+
+        if self.mask_root is None:
+            raise ValueError(f"{self.name}: this set has no object masks (mask_root=None)")
+        return mask_path(self.samples[index].path, self.root, self.mask_root)
+
+    def load_mask(self, index: int) -> Image.Image:
+        """Decode sample ``index``'s object mask as a binary ``L`` image (255: object).
+
+        Raises:
+            CorruptImageError: If the mask file cannot be decoded; names the set and file.
+            ObjectMaskError: If the mask has several channels.
+        """
+        from cfmask.data.masks import load_mask
+
+        try:
+            return load_mask(self.mask_path(index))
+        except CorruptImageError as err:
+            raise CorruptImageError(
+                f"{self.name}: {err} (the object mask of {self.samples[index].path}). Replace "
+                "the mask file, or pass skip_corrupt=True to skip (and report) the image."
+            ) from err
+
+    def load_transformed(self, index: int) -> tuple[Any, Tensor | None]:
+        """Decode and transform sample ``index`` (and its mask when the set has masks).
+
+        Returns:
+            ``(image, mask)``: the transformed image and its ``(H, W)`` bool object
+            mask, or ``None`` for a set without masks.
+
+        Raises:
+            CorruptImageError: If the image or its mask cannot be decoded.
+            ObjectMaskError: If the mask's size differs from the image's or it has
+                several channels.
+        """
+        from cfmask.data.masks import ObjectMaskError, mask_to_tensor
+
+        image = self.load(index)
+        if self.mask_root is None:
+            return (self.transform(image) if self.transform is not None else image), None
+        mask = self.load_mask(index)
+        if mask.size != image.size:
+            raise ObjectMaskError(
+                f"{self.name}: object mask {self.mask_path(index)} is {mask.size[0]}x"
+                f"{mask.size[1]} px but its image {self.samples[index].path} is "
+                f"{image.size[0]}x{image.size[1]} px; a mask must cover its image pixel for "
+                "pixel. Save the mask at the image's size."
+            )
+        if self._paired is None:
+            return image, mask_to_tensor(mask)
+        return self._paired(image, mask)
+
     def __getitem__(self, index: int) -> Any:
         sample = self.samples[index]
         try:
-            image = self.load(index)
+            image, mask = self.load_transformed(index)
         except CorruptImageError as err:
             if not self.skip_corrupt or self.skip_log is None:
                 raise
             self.skip_log.record(sample.path, str(err.__cause__ or err))
             _log.warning("%s: skipped undecodable image %s", self.name, sample.path)
             return None
-        out = self.transform(image) if self.transform is not None else image
-        return out, self.targets[sample.class_index]
+        target = self.targets[sample.class_index]
+        return (image, target) if mask is None else (image, target, mask)
+
+
+def _paired_transform(
+    transform: Callable[[Image.Image], Any] | None,
+) -> ImageMaskTransform | None:
+    """The image-and-mask version of ``transform`` (``None`` stays ``None``)."""
+    from cfmask.data.masks import ImageMaskTransform
+
+    return None if transform is None else ImageMaskTransform(transform)
 
 
 def collate_skipping(batch: list[Any]) -> Any:
@@ -365,8 +448,9 @@ def collate_skipping(batch: list[Any]) -> Any:
         batch: Samples from :class:`FolderImageDataset`; skipped ones are ``None``.
 
     Returns:
-        ``(images (B', 3, H, W), targets (B',) or (B', K))`` with ``B' <= B``,
-        or ``None`` if every sample of the batch was skipped.
+        ``(images (B', 3, H, W), targets (B',) or (B', K))`` with ``B' <= B``
+        (plus ``masks (B', H, W)`` bool for sets with object masks), or ``None``
+        if every sample of the batch was skipped.
     """
     from torch.utils.data import default_collate
 

@@ -2,7 +2,9 @@
 
 The classes are the training folder names; a missing validation or test folder
 is carved from the training images (:mod:`cfmask.data.splits`); every OOD
-folder must use (a subset of) the same class folder names.
+folder must use (a subset of) the same class folder names. An optional masks
+folder mirrors the ID images with one ground-truth object mask per image
+(:mod:`cfmask.data.masks`); the ID sets' batches then carry the masks.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import torch
 
-from cfmask.data.base import _ImageDataModule
+from cfmask.data.base import _ImageDataModule, loader_config_from
 from cfmask.data.folder import (
     DataLayoutError,
     DataLayoutWarning,
@@ -25,7 +27,7 @@ from cfmask.data.folder import (
     list_class_folders,
     list_images,
 )
-from cfmask.data.loading import LoaderConfig
+from cfmask.data.masks import MASK_SUFFIX, missing_masks
 from cfmask.data.roots import user_path
 from cfmask.data.splits import carve_subset, stratified_split
 
@@ -42,6 +44,7 @@ def _folder_set(
     skip_corrupt: bool,
     skip_log: SkipLog | None,
     restrict: bool,
+    mask_root: Path | None = None,
 ) -> FolderImageDataset:
     """A user folder whose class folders are (a subset of) the ID classes."""
     if not root.is_dir():
@@ -74,6 +77,7 @@ def _folder_set(
         num_classes=len(class_to_idx),
         class_subset=subset,
         layout=f"{root}/<class name>/<images>",
+        mask_root=mask_root,
     )
 
 
@@ -88,6 +92,84 @@ def _warn_empty_classes(name: str, root: Path, classes: Sequence[str]) -> None:
         )
         _log.warning(msg)
         warnings.warn(msg, DataLayoutWarning, stacklevel=3)
+
+
+def _mask_folders(
+    masks_root: Path, base: Path, parts: Mapping[str, Path | None], ood: Sequence[Path]
+) -> dict[str, Path]:
+    """The masks folder of each ID part: ``masks_root`` / (part folder below ``base``).
+
+    Raises:
+        DataLayoutError: If ``masks_root`` is missing, lies inside an images folder
+            (its PNG files would be read as images), or a part folder is not
+            below ``base``.
+    """
+    if not masks_root.is_dir():
+        raise DataLayoutError(
+            f"masks_root: directory not found: {masks_root}. It must mirror {base}: the "
+            f"mask of {base}/<path>/<stem>.<ext> is {masks_root}/<path>/<stem>{MASK_SUFFIX}"
+        )
+    real = masks_root.resolve()
+    for images in [p for p in parts.values() if p is not None] + list(ood):
+        if real == images.resolve() or images.resolve() in real.parents:
+            raise DataLayoutError(
+                f"masks_root {masks_root} lies inside the images folder {images}, so its "
+                "mask files would be read as images; keep the masks in a folder of their own."
+            )
+    out: dict[str, Path] = {}
+    for part, folder in parts.items():
+        if folder is None:
+            continue
+        try:
+            out[part] = masks_root / folder.relative_to(base)
+        except ValueError:
+            raise DataLayoutError(
+                f"masks_root mirrors {base}, but the {part} folder {folder} is not below it; "
+                f"pass root= a folder that holds every part (train/val/test), or move the "
+                f"{part} images under {base}."
+            ) from None
+    return out
+
+
+def _check_masks(sets: Sequence[FolderImageDataset], masks_root: Path) -> None:
+    """Raise, before any training, if an image has no mask or two images share one.
+
+    Raises:
+        DataLayoutError: Naming how many images lack a mask (with the first few
+            image → expected mask pairs), or the images that map to one mask.
+    """
+    pairs = [(s.path, ds.mask_path(i)) for ds in sets for i, s in enumerate(ds.samples)]
+    owners: dict[Path, list[Path]] = {}
+    for image, mask in pairs:
+        owners.setdefault(mask, []).append(image)
+    shared = [images for images in owners.values() if len(images) > 1]
+    if shared:
+        raise DataLayoutError(
+            f"{len(shared)} object mask path(s) under {masks_root} would each serve several "
+            f"images (same folder and name, other extension), e.g. "
+            f"{', '.join(str(p) for p in shared[0])}; rename the images so every image has "
+            "its own stem."
+        )
+    missing = missing_masks(pairs)
+    if missing:
+        listed = "; ".join(f"{image} -> {mask}" for image, mask in missing[:5])
+        other = [
+            p
+            for _, mask in missing[:5]
+            for p in mask.parent.glob(mask.stem + ".*")
+            if p.suffix.lower() != MASK_SUFFIX
+        ]
+        hint = (
+            f" Masks must be {MASK_SUFFIX} files; found {', '.join(str(p) for p in other[:3])}."
+            if other
+            else ""
+        )
+        raise DataLayoutError(
+            f"{len(missing)} of {len(pairs)} images have no object mask under {masks_root} "
+            f"(image -> expected mask): {listed}" + (" …" if len(missing) > 5 else "") + "."
+            f"{hint} Every ID image needs a mask at {masks_root}/<its path below the images "
+            f"root>/<stem>{MASK_SUFFIX}; add the missing ones or remove those images."
+        )
 
 
 class ImageFolderDataModule(_ImageDataModule):
@@ -121,8 +203,23 @@ class ImageFolderDataModule(_ImageDataModule):
         augment: Light training augmentation.
         pin_memory: ``None`` → on when training on a GPU.
         persistent_workers: ``None`` → on when training on a GPU.
-        skip_corrupt: Skip and report undecodable images instead of raising.
-        cache_dir: Cache the evaluation sets' crops here.
+        skip_corrupt: Skip and report undecodable images (or masks) instead of raising.
+        cache_dir: Cache the evaluation sets' crops (and their masks) here.
+        masks_root: Folder of ground-truth object masks mirroring ``root`` (or
+            ``train_dir`` when no ``root`` is given): the mask of
+            ``<root>/<path>/<stem>.<ext>`` is ``<masks_root>/<path>/<stem>.png``, a
+            single-channel image of the image's size whose nonzero pixels are the
+            object. With it, the training, validation and ID test batches are
+            ``(images, targets, masks)`` with ``(B, H, W)`` bool masks cropped and
+            flipped exactly like the images (for
+            :class:`~cfmask.masking.SegmentationMasker`); OOD batches stay
+            ``(images, targets)``. Every ID image must have its mask (checked in
+            :meth:`setup`).
+
+    Raises:
+        DataLayoutError: A folder is missing or malformed; ``masks_root`` is
+            missing, lies inside an images folder, or does not mirror every ID
+            part folder.
     """
 
     def __init__(
@@ -147,21 +244,9 @@ class ImageFolderDataModule(_ImageDataModule):
         persistent_workers: bool | None = None,
         skip_corrupt: bool = False,
         cache_dir: str | None = None,
+        masks_root: str | None = None,
     ) -> None:
-        super().__init__(
-            LoaderConfig(
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                num_workers=num_workers,
-                image_size=image_size,
-                interpolation=interpolation,
-                augment=augment,
-                pin_memory=pin_memory,
-                persistent_workers=persistent_workers,
-                skip_corrupt=skip_corrupt,
-                cache_dir=cache_dir,
-            )
-        )
+        super().__init__(loader_config_from(locals()))
         self.root = root
         self.ood_roots = dict(ood_roots or {})
         if id_name in self.ood_roots or "val" in self.ood_roots:
@@ -178,6 +263,12 @@ class ImageFolderDataModule(_ImageDataModule):
             raise DataLayoutError(f"{id_name}: no class folders under {self._dirs['train']}")
         _warn_empty_classes(id_name, train_path, self.classes)
         self._class_names = self._names(class_names)
+        self.masks_root = masks_root
+        self._mask_dirs: dict[str, Path] = {}
+        if masks_root is not None:
+            base = user_path(root) if root is not None else train_path
+            ood = [user_path(p) for p in self.ood_roots.values()]
+            self._mask_dirs = _mask_folders(user_path(masks_root), base, self._dirs, ood)
 
     @staticmethod
     def _find_dirs(
@@ -252,6 +343,7 @@ class ImageFolderDataModule(_ImageDataModule):
             self.skip_corrupt,
             self._skip_log("train"),
             restrict=False,
+            mask_root=self._mask_dirs.get("train"),
         )
         labels = full.class_indices
         rest = torch.arange(len(full))
@@ -268,6 +360,7 @@ class ImageFolderDataModule(_ImageDataModule):
                     self.skip_corrupt,
                     self._skip_log(name),
                     restrict=False,
+                    mask_root=self._mask_dirs.get(part),
                 )
             else:
                 keep, held = stratified_split(labels[rest], size, self.split_seed)
@@ -275,6 +368,9 @@ class ImageFolderDataModule(_ImageDataModule):
                     full, name, rest[held], self.eval_tf, self._skip_log(name)
                 )
                 rest = rest[keep]
+        if self.masks_root is not None:
+            own = [parts[p] for p in ("val", "test") if self._dirs[p] is not None]
+            _check_masks([full, *own], user_path(self.masks_root))
         self.train_set = carve_subset(
             full, self.id_name + "_train", rest, self.train_tf, full.skip_log
         )

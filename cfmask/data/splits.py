@@ -75,7 +75,7 @@ def carve_subset(
 
     Each carved part records its undecodable images in its own log, so a skip is
     reported against the set whose score it changed. Classes, class subset,
-    label kind and layout stay those of ``ds``.
+    label kind, layout and object masks stay those of ``ds``.
 
     Args:
         ds: The set to carve from.
@@ -103,4 +103,5 @@ def carve_subset(
         class_subset=ds.class_subset,
         multi_label=ds.multi_label,
         layout=ds.layout,
+        mask_root=ds.mask_root,
     )
