@@ -23,6 +23,7 @@ from cfmask.data.imagenet import (
 )
 from cfmask.data.imagenet_module import ImageNetOODDataModule
 from cfmask.data.loading import LoaderConfig
+from cfmask.data.masks import ObjectMaskError
 from cfmask.data.ood import (
     ImageNetA,
     ImageNetR,
@@ -64,6 +65,7 @@ __all__ = (
     "ImageNetSketch",
     "ImageNetV2",
     "LoaderConfig",
+    "ObjectMaskError",
     "ObjectNet",
     "SubsetAccuracy",
     "TruncatedDatasetWarning",

@@ -43,8 +43,8 @@ __all__ = (
     "missing_masks",
 )
 
-#: File suffix of every mask. Masks are lossless PNG files: a JPEG's compression
-#: noise would add object pixels around every edge.
+#: File suffix of every mask. Masks are lossless PNG files, because a JPEG's
+#: compression noise would add object pixels around every edge.
 MASK_SUFFIX = ".png"
 
 #: PIL modes of single-channel images (``P``: palette indices, read as they are).

@@ -354,3 +354,34 @@ def test_segmentation_masker_trains_and_tests_on_the_folder_masks(masked_root, t
         assert patch_mask.any()
     trainer.test(model, datamodule=dm, verbose=False)
     assert set(model.test_results) == {"id", "ood", "ood_avg"}
+
+
+def test_the_example_masks_config_trains_the_exact_mask_masker_through_the_cli(masked_root):
+    from cfmask.cli import main
+    from cfmask.finetuner import CounterfactualFineTuner
+
+    repo = Path(__file__).resolve().parents[2]
+    run = masked_root / "cli"
+    main(
+        [
+            "fit",
+            "-c",
+            str(repo / "tests" / "conf" / "tiny_fit.yaml"),
+            "-c",
+            str(repo / "examples" / "configs" / "method" / "ours_single_fill.yaml"),
+            "-c",
+            str(repo / "examples" / "configs" / "data" / "image_folder_masks.yaml"),
+            f"--data.init_args.root={masked_root / 'mine'}",
+            f"--data.init_args.masks_root={masked_root / 'mine_masks'}",
+            "--data.init_args.image_size=32",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.val_size=10",  # 8 training images: one epoch, then validation
+            f"--trainer.default_root_dir={run}",
+        ]
+    )
+    checkpoints = sorted(run.rglob("*.ckpt"))  # the best one (validated) and last.ckpt
+    assert len(checkpoints) == 2
+    model = CounterfactualFineTuner.load_from_checkpoint(checkpoints[0])
+    assert type(model.masker).__name__ == "SegmentationMasker"
+    assert model.objective.relevance is None
