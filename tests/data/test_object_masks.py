@@ -83,6 +83,12 @@ def _module(tmp: Path, **kw: Any) -> ImageFolderDataModule:
     return dm
 
 
+def _every_fit_sample(dm: ImageFolderDataModule) -> list[Any]:
+    """Load every sample of the training and validation sets, in order."""
+    sets = (dm.train_set, dm.val_set)
+    return [ds[i] for ds in sets for i in range(len(ds))]  # type: ignore[arg-type,index]
+
+
 def _red(images: Tensor) -> Tensor:
     """``(..., H, W)`` bool: pixels that are pure red in ``(..., 3, H, W)`` images."""
     return (images[..., 0, :, :] == 1) & (images[..., 1, :, :] == 0) & (images[..., 2, :, :] == 0)
@@ -224,27 +230,19 @@ def test_a_mask_of_another_size_is_refused_naming_both_files(masked_root):
     bad = masked_root / "mine_masks" / "train" / "cat" / "img2.png"
     Image.new("L", (20, 18), 255).save(bad)
     dm = _module(masked_root, val_size=0.2, ood_roots={})
-    assert dm.train_set is not None and dm.val_set is not None
     with pytest.raises(ObjectMaskError, match=r"img2\.png is 20x18 px but its image .*40x36"):
-        for ds in (dm.train_set, dm.val_set):
-            for i in range(len(ds)):  # type: ignore[arg-type]
-                ds[i]
+        _every_fit_sample(dm)
 
 
 def test_skip_corrupt_skips_and_reports_an_undecodable_mask(masked_root):
     (masked_root / "mine_masks" / "train" / "cat" / "img0.png").write_bytes(b"broken")
     dm = _module(masked_root, skip_corrupt=True, val_size=0.2)
-    assert dm.train_set is not None and dm.val_set is not None
-    items = [ds[i] for ds in (dm.train_set, dm.val_set) for i in range(len(ds))]  # type: ignore[arg-type]
+    items = _every_fit_sample(dm)
     assert sum(item is None for item in items) == 1 and len(items) == 18
     skipped = [path for paths in dm.skipped_images().values() for path in paths]
     assert skipped == [str(masked_root / "mine" / "train" / "cat" / "img0.png")]
-    strict = _module(masked_root, val_size=0.2)
-    assert strict.train_set is not None and strict.val_set is not None
     with pytest.raises(CorruptImageError, match=r"object mask .*img0\.png"):
-        for ds in (strict.train_set, strict.val_set):
-            for i in range(len(ds)):  # type: ignore[arg-type]
-                ds[i]
+        _every_fit_sample(_module(masked_root, val_size=0.2))
 
 
 def test_masks_root_must_exist_and_lie_outside_the_images(masked_root):
