@@ -376,6 +376,10 @@ def test_the_example_masks_config_trains_the_exact_mask_masker_through_the_cli(m
             "--data.init_args.num_workers=0",
             "--data.init_args.val_size=10",  # 8 training images: one epoch, then validation
             f"--trainer.default_root_dir={run}",
+            # The CAM-mask check of docs/concepts.md, appended as documented.
+            "--trainer.callbacks+=cfmask.callbacks.MaskQualityMonitor",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+            f"--trainer.logger.save_dir={run / 'logs'}",
         ]
     )
     checkpoints = sorted(run.rglob("*.ckpt"))  # the best one (validated) and last.ckpt
@@ -383,3 +387,8 @@ def test_the_example_masks_config_trains_the_exact_mask_masker_through_the_cli(m
     model = CounterfactualFineTuner.load_from_checkpoint(checkpoints[0])
     assert type(model.masker).__name__ == "SegmentationMasker"
     assert model.objective.relevance is None
+    # The monitor measured the CAM of a run that masks without one, from the folder masks.
+    (metrics,) = (run / "logs").rglob("metrics.csv")
+    header = metrics.read_text().splitlines()[0].split(",")
+    for t in ("0.3", "0.4", "0.5", "0.6"):
+        assert f"mask_quality/t={t}/iou" in header
