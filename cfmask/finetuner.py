@@ -35,15 +35,11 @@ from cfmask.checkpoints import (
     resume_training_loaders,
 )
 from cfmask.eval_sets import EvalSet, describe_test_sets
+from cfmask.head_setup import build_deferred_heads
 from cfmask.losses import DistillationLoss
 from cfmask.masking.base import Masker, Refiller
 from cfmask.metrics import OOD_AVG, SubsetAccuracy, ood_average, top5_results, top_k_average
-from cfmask.objective import (
-    INITIAL_TEACHER,
-    CounterfactualObjective,
-    load_weights_into,
-    teacher_key,
-)
+from cfmask.objective import CounterfactualObjective, load_weights_into
 from cfmask.relevance.base import RelevanceMap
 from cfmask.validation import check_number
 
@@ -198,7 +194,7 @@ class CounterfactualFineTuner(pl.LightningModule):
         self.save_hyperparameters(ignore=[*_COMPONENTS, "distillation"])
 
         if init_weights is not None:
-            if backbone.needs_class_names:  # loaded by _bind_class_names once the head exists
+            if backbone.needs_class_names:  # loaded once the head exists (cfmask.head_setup)
                 _require_file(init_weights, "init_weights")
             else:
                 load_weights_into(backbone, init_weights, "init_weights")
@@ -275,64 +271,15 @@ class CounterfactualFineTuner(pl.LightningModule):
             )
 
     def _bind_class_names(self, datamodule: Any) -> None:
-        """Build the deferred zero-shot head of the student and teachers from the datamodule.
+        """Build a deferred zero-shot head from the datamodule (see :mod:`cfmask.head_setup`).
 
-        The text tower runs once, on global rank 0 and on the accelerator, with a
-        progress bar; the weight is broadcast to the other ranks. The checkpoints
-        named by ``init_weights`` and the teachers' sources are loaded afterwards,
-        and the stored backbone config then holds the explicit class names, so a
+        The stored backbone config then holds the explicit class names, so a
         checkpoint of this run rebuilds without the datamodule.
         """
-        if not self.student.needs_class_names:
-            return
-        names = getattr(datamodule, "class_names", None)
-        if not names:
-            raise ValueError(
-                "the backbone takes its class names from the datamodule (class_names: "
-                f"datamodule) but {type(datamodule).__name__} has no class_names; list "
-                "them in the backbone's class_names or use a datamodule that has them "
-                "(ImageFolderDataModule, ImageNetOODDataModule)."
-            )
-        names = [str(n) for n in names]
-        strategy = self.trainer.strategy
-        if type(getattr(strategy, "launcher", None)).__name__ == "_MultiProcessingLauncher":
-            raise ValueError(
-                f"class_names: datamodule cannot be used with the {type(strategy).__name__} "
-                "strategy's spawned or forked workers (ddp_spawn, ddp_fork, ddp_notebook): "
-                "the main process, which gets the trained weights back, never sees the "
-                "datamodule. Use strategy: ddp (every process runs setup) or list the class "
-                "names in the backbone's class_names."
-            )
-        weight: Tensor | None = None
-        if self.trainer.is_global_zero:
-            weight = self.student.zero_shot_weight(
-                names, device=strategy.root_device, progress=True
-            )
-        weight = strategy.broadcast(weight, src=0)
-        assert weight is not None
-        self._install_heads(names, weight)
         init_weights = self.hparams["init_weights"]
-        if init_weights is not None:
-            load_weights_into(self.student, init_weights, "init_weights")
-            if INITIAL_TEACHER in self.teachers:
-                self.teachers[INITIAL_TEACHER].load_state_dict(self.student.state_dict())
-        terms: Sequence[DistillationLoss] = list(self.distillation)  # type: ignore[arg-type]
-        for term in terms:
-            if term.teacher is not None:
-                teacher: VisionBackbone = self.teachers[teacher_key(term.teacher)]  # type: ignore[assignment]
-                load_weights_into(teacher, term.teacher, "teacher")
-        self.teachers.requires_grad_(False)
-        self.teachers.eval()
-
-    def _install_heads(self, names: list[str], weight: Tensor) -> None:
-        """Give the student and every teacher the head ``weight`` for ``names``."""
-        teachers: list[VisionBackbone] = list(self.teachers.values())  # type: ignore[arg-type]
-        for module in (self.student, *teachers):
-            module.set_class_names(names, weight)
-        self.teachers.requires_grad_(False)
-        self.teachers.eval()
-        self.hparams["backbone"] = self.student.config()
-        self.val_accuracy = SubsetAccuracy(num_classes=self.student.num_classes)
+        if build_deferred_heads(self.objective, datamodule, self.trainer, init_weights):
+            self.hparams["backbone"] = self.student.config()
+            self.val_accuracy = SubsetAccuracy(num_classes=self.student.num_classes)
 
     def _check_recipe_global_batch(self, datamodule: Any) -> None:
         expected = self.hparams.get("recipe_global_batch")

@@ -98,7 +98,7 @@ nitpick_ignore_regex = [
     (
         r"py:.*",
         r"(Tensor|Module|Generator|Dataset|DataLoader|LightningModule|LightningDataModule"
-        r"|Trainer|Callback|Optimizer|LRScheduler|Metric|Image|Table|Console|ArgsType"
+        r"|Trainer|Strategy|Callback|Optimizer|LRScheduler|Metric|Image|Table|Console|ArgsType"
         r"|LightningArgumentParser|device|dtype|Size|Parameter|nn\..*)",
     ),
 ]
