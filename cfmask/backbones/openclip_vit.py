@@ -5,9 +5,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import types
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,9 @@ from typing import Any, Literal
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cfmask.backbones._openclip_attention import attention_patches
 from cfmask.backbones._tokens import check_keep_index, check_key_mask, gather_tokens, key_mask_bias
 from cfmask.backbones.base import AttentionCaptureError, DataConfig, VisionBackbone
 from cfmask.clip_text import class_embeddings, default_templates
@@ -375,7 +374,8 @@ class OpenCLIPViT(VisionBackbone):
         latter's options (QK norm, scaled-cosine attention, head scaling, inner norm)
         are computed as open_clip does. Gradient checkpointing is switched off
         meanwhile (a recomputed block would record again during the backward pass).
-        The original methods and flags are restored on exit, also on exceptions.
+        The original methods and flags are restored on exit, also on exceptions. Both
+        kinds share one explicit computation (``cfmask.backbones._openclip_attention``).
 
         Yields:
             The list receiving one tensor per block and forward pass, in forward order.
@@ -390,7 +390,7 @@ class OpenCLIPViT(VisionBackbone):
                 "is not supported."
             )
         probes: list[Tensor] = []
-        patches = self._attention_patches(probes)
+        patches = attention_patches(self.visual, self.model_name, probes)
         saved = [owner.__dict__.get(name) for owner, name, _ in patches]
         transformer = self.visual.transformer
         checkpointing = bool(getattr(transformer, "grad_checkpointing", False))
@@ -409,33 +409,6 @@ class OpenCLIPViT(VisionBackbone):
             transformer.grad_checkpointing = checkpointing
             self._probing = False
 
-    def _attention_patches(
-        self, probes: list[Tensor] | None
-    ) -> list[tuple[nn.Module, str, Callable[..., Tensor]]]:
-        """``(module, attribute, replacement)`` for every block; raises if one is unsupported."""
-        blocks = list(getattr(self.visual.transformer, "resblocks", []))
-        if not blocks:
-            raise AttentionCaptureError(
-                f"cannot capture attention of {self.model_name!r}: no transformer.resblocks"
-            )
-        patches: list[tuple[nn.Module, str, Callable[..., Tensor]]] = []
-        for i, blk in enumerate(blocks):
-            kind = _attention_kind(blk)
-            if kind == "mha":
-                method = types.MethodType(_explicit_attention(probes), blk)
-                patches.append((blk, "attention", method))
-            elif kind == "attention":
-                method = types.MethodType(_explicit_openclip_attention(probes), blk.attn)
-                patches.append((blk.attn, "forward", method))
-            else:
-                raise AttentionCaptureError(
-                    f"cannot capture attention of {self.model_name!r}: block {i} "
-                    f"({type(blk).__name__}) has neither a packed-projection "
-                    f"nn.MultiheadAttention with an `attention` method nor open_clip's "
-                    f"`Attention` module (timm image towers are not supported)."
-                )
-        return patches
-
     def set_fused_attention(self, enabled: bool) -> None:
         """Use open_clip's own (fused) attention (``True``, the default) or explicit softmax.
 
@@ -453,7 +426,7 @@ class OpenCLIPViT(VisionBackbone):
         """
         if self._probing:
             raise AttentionCaptureError("cannot switch attention while probes are active")
-        for owner, name, method in self._attention_patches(None):
+        for owner, name, method in attention_patches(self.visual, self.model_name, None):
             if enabled:
                 owner.__dict__.pop(name, None)
             else:
@@ -485,130 +458,6 @@ class OpenCLIPViT(VisionBackbone):
 
 
 # ---------------------------------------------------------------------- helpers
-def _explicit_attention(
-    probes: list[Tensor] | None,
-) -> Callable[..., Tensor]:
-    """Build a replacement for ``ResidualAttentionBlock.attention`` with explicit softmax.
-
-    The probabilities are appended to ``probes`` unless it is ``None``.
-    """
-
-    def attention(
-        blk: nn.Module,
-        q_x: Tensor,
-        k_x: Tensor | None = None,
-        v_x: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-    ) -> Tensor:
-        if k_x is not None or v_x is not None:
-            raise AttentionCaptureError("attention probes support self-attention blocks only")
-        mha = blk.attn
-        assert isinstance(mha, nn.MultiheadAttention)
-        x = q_x if mha.batch_first else q_x.transpose(0, 1)  # (B, T, D)
-        b, t, d = x.shape
-        h = mha.num_heads
-        qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
-        q, k, v = qkv.view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
-        scores = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
-        if attn_mask is not None:
-            bias = attn_mask.to(scores.dtype)
-            scores = scores + (bias.view(b, h, t, t) if bias.ndim == 3 else bias)
-        probs = scores.softmax(dim=-1)
-        if probes is not None:
-            probes.append(probs)
-        dropped = F.dropout(probs, p=mha.dropout, training=mha.training)
-        out = (dropped @ v).transpose(1, 2).reshape(b, t, d)
-        out = F.linear(out, mha.out_proj.weight, mha.out_proj.bias)
-        return out if mha.batch_first else out.transpose(0, 1)
-
-    return attention
-
-
-def _attention_kind(blk: nn.Module) -> str | None:
-    """``"mha"``, ``"attention"`` (open_clip's own module) or ``None`` (unsupported)."""
-    attn = getattr(blk, "attn", None)
-    if isinstance(attn, nn.MultiheadAttention):
-        packed = attn._qkv_same_embed_dim and attn.in_proj_weight is not None
-        return "mha" if packed and callable(getattr(blk, "attention", None)) else None
-    if (
-        isinstance(attn, nn.Module)
-        and hasattr(attn, "in_proj_weight")
-        and isinstance(getattr(attn, "num_heads", None), int)
-        and isinstance(getattr(attn, "out_proj", None), nn.Linear)
-    ):
-        return "attention"
-    return None
-
-
-def _optional(module: nn.Module, name: str, x: Tensor) -> Tensor:
-    """Apply ``module.<name>`` when it exists (open_clip's optional norms and dropouts)."""
-    layer = getattr(module, name, None)
-    return layer(x) if layer is not None else x
-
-
-def _explicit_openclip_attention(probes: list[Tensor] | None) -> Callable[..., Tensor]:
-    """Build a replacement for ``open_clip.transformer.Attention.forward`` with explicit softmax.
-
-    Follows open_clip's batch-first ``Attention``: packed (or separate) q/k/v
-    projections, optional QK layer norms, scaled-cosine logits with a clamped
-    per-head scale, an additive ``(B * heads, T, T)`` or ``(B, heads, T, T)`` mask,
-    attention dropout, per-head output scaling, inner norm, output projection and
-    dropout. The probabilities are appended to ``probes`` unless it is ``None``.
-    """
-
-    def forward(
-        module: nn.Module,
-        x: Tensor,
-        k_x: Tensor | None = None,
-        v_x: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-    ) -> Tensor:
-        attn: Any = module
-        if (k_x is not None and k_x is not x) or (v_x is not None and v_x is not x):
-            raise AttentionCaptureError("attention probes support self-attention blocks only")
-        b, t, d = x.shape
-        h = int(attn.num_heads)
-        hd = d // h
-        weight: Any = attn.in_proj_weight
-        bias: Any = attn.in_proj_bias
-        if weight is not None:
-            q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
-        else:
-            bq, bk, bv = bias.chunk(3) if bias is not None else (None, None, None)
-            q = F.linear(x, attn.q_proj_weight, bq)
-            k = F.linear(x, attn.k_proj_weight, bk)
-            v = F.linear(x, attn.v_proj_weight, bv)
-        q, k, v = (z.reshape(b, t, h, hd).transpose(1, 2) for z in (q, k, v))
-        logit_scale: Any = getattr(attn, "logit_scale", None)
-        if logit_scale is not None:
-            scores = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-            scores = scores * torch.clamp(logit_scale, max=attn.logit_scale_max).exp()
-        else:
-            q, k = _optional(attn, "ln_q", q), _optional(attn, "ln_k", k)
-            scale = float(getattr(attn, "scale", hd**-0.5))
-            scores = (q * scale) @ k.transpose(-2, -1)
-        if attn_mask is not None:
-            if attn_mask.dtype == torch.bool:
-                raise AttentionCaptureError(
-                    "attention probes take additive float masks; open_clip versions disagree "
-                    "on what True means in a boolean mask"
-                )
-            mask = attn_mask.to(scores.dtype)
-            scores = scores + (mask.view(b, h, t, t) if mask.ndim == 3 else mask)
-        probs = scores.softmax(dim=-1)
-        if probes is not None:
-            probes.append(probs)
-        out = _optional(attn, "attn_drop", probs) @ v
-        head_scale: Any = getattr(attn, "head_scale", None)
-        if head_scale is not None:
-            out = out * head_scale
-        out = _optional(attn, "ln_inner", out.transpose(1, 2).reshape(b, t, d))
-        out = attn.out_proj(out)
-        return _optional(attn, "out_drop", out)
-
-    return forward
-
-
 def _config_quick_gelu(model_name: str, model_cfg: dict[str, Any] | None) -> bool:
     if model_cfg is not None:
         return bool(model_cfg.get("quick_gelu", False))
