@@ -53,7 +53,58 @@ def _check_scores(
     return scores
 
 
-class ObjectMasker(Masker):
+class _RelevanceThresholdMasker(Masker):
+    """Threshold the max-normalised relevance of each image (object or context side).
+
+    The relevance scores of each image are divided by their maximum (no min
+    subtraction) and compared with ``threshold`` ([0], Sec. 3.2). Subclasses pick
+    the side: :attr:`masks_object` ``True`` masks the patches strictly above the
+    threshold, ``False`` the complement (at or below it).
+
+    Args:
+        threshold: Normalised-relevance threshold in ``[0, 1]``.
+
+    Raises:
+        ValueError: If ``threshold`` is outside ``[0, 1]``.
+    """
+
+    requires_relevance: ClassVar[bool] = True
+    #: ``True``: mask ``scores / max > threshold``; ``False``: mask the complement.
+    masks_object: ClassVar[bool]
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        _check_unit_interval("threshold", threshold)
+        self.threshold = threshold
+
+    def forward(
+        self,
+        scores: Tensor | None,
+        batch_size: int,
+        grid_size: tuple[int, int],
+        device: torch.device,
+    ) -> Tensor:
+        """Return the object (or context) mask.
+
+        Args:
+            scores: ``(B, N)`` relevance scores (non-negative).
+            batch_size: ``B``.
+            grid_size: Patch grid ``(h, w)`` with ``N = h * w``.
+            device: Device of the returned mask.
+
+        Returns:
+            ``(B, N)`` bool mask, ``True`` where ``scores / max > threshold`` (object)
+            or where ``scores / max <= threshold`` (context).
+
+        Raises:
+            ValueError: If ``scores`` is ``None`` or not of shape ``(B, h * w)``.
+        """
+        checked = _check_scores(type(self).__name__, scores, batch_size, grid_size)
+        above = threshold_mask(normalize_by_max(checked.detach()), self.threshold)
+        return (above if self.masks_object else ~above).to(device)
+
+
+class ObjectMasker(_RelevanceThresholdMasker):
     """Mask the patches that support the label most (the object).
 
     The relevance scores of each image are divided by their maximum (no min
@@ -76,39 +127,13 @@ class ObjectMasker(Masker):
         tensor([[False, False,  True,  True]])
     """
 
-    requires_relevance: ClassVar[bool] = True
+    masks_object: ClassVar[bool] = True
 
     def __init__(self, threshold: float = 0.3) -> None:
-        super().__init__()
-        _check_unit_interval("threshold", threshold)
-        self.threshold = threshold
-
-    def forward(
-        self,
-        scores: Tensor | None,
-        batch_size: int,
-        grid_size: tuple[int, int],
-        device: torch.device,
-    ) -> Tensor:
-        """Return the object mask.
-
-        Args:
-            scores: ``(B, N)`` relevance scores (non-negative).
-            batch_size: ``B``.
-            grid_size: Patch grid ``(h, w)`` with ``N = h * w``.
-            device: Device of the returned mask.
-
-        Returns:
-            ``(B, N)`` bool mask, ``True`` where ``scores / max > threshold``.
-
-        Raises:
-            ValueError: If ``scores`` is ``None`` or not of shape ``(B, h * w)``.
-        """
-        checked = _check_scores(type(self).__name__, scores, batch_size, grid_size)
-        return threshold_mask(normalize_by_max(checked.detach()), self.threshold).to(device)
+        super().__init__(threshold)
 
 
-class ContextMasker(Masker):
+class ContextMasker(_RelevanceThresholdMasker):
     """Mask the patches that do not support the label (the context).
 
     The exact complement of :class:`ObjectMasker` at the same threshold: a patch
@@ -131,36 +156,10 @@ class ContextMasker(Masker):
         tensor([[ True,  True, False, False]])
     """
 
-    requires_relevance: ClassVar[bool] = True
+    masks_object: ClassVar[bool] = False
 
     def __init__(self, threshold: float = 0.5) -> None:
-        super().__init__()
-        _check_unit_interval("threshold", threshold)
-        self.threshold = threshold
-
-    def forward(
-        self,
-        scores: Tensor | None,
-        batch_size: int,
-        grid_size: tuple[int, int],
-        device: torch.device,
-    ) -> Tensor:
-        """Return the context mask.
-
-        Args:
-            scores: ``(B, N)`` relevance scores (non-negative).
-            batch_size: ``B``.
-            grid_size: Patch grid ``(h, w)`` with ``N = h * w``.
-            device: Device of the returned mask.
-
-        Returns:
-            ``(B, N)`` bool mask, ``True`` where ``scores / max <= threshold``.
-
-        Raises:
-            ValueError: If ``scores`` is ``None`` or not of shape ``(B, h * w)``.
-        """
-        checked = _check_scores(type(self).__name__, scores, batch_size, grid_size)
-        return (~threshold_mask(normalize_by_max(checked.detach()), self.threshold)).to(device)
+        super().__init__(threshold)
 
 
 class RandomMasker(Masker):

@@ -16,6 +16,7 @@ References:
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import ClassVar
 
 import torch
@@ -50,7 +51,44 @@ def _check_donor_batch(refiller: Refiller, images: Tensor) -> None:
         )
 
 
-class SingleImageRefiller(Refiller):
+class _DonorRefiller(Refiller):
+    """Fill each masked patch with the patch at the same position of a donor image.
+
+    Subclasses choose the donors (:meth:`_draw_donors`); the refill itself
+    ([0], Sec. 3.2) is shared.
+    """
+
+    min_batch_size: ClassVar[int] = 2
+
+    @abstractmethod
+    def _draw_donors(self, batch: int, num_patches: int, device: torch.device) -> Tensor:
+        """Return the ``(B, N)`` long index of the image that donates each patch."""
+
+    def forward(self, images: Tensor, mask: Tensor, patch_size: int) -> Counterfactual:
+        """Return the refilled batch.
+
+        Args:
+            images: ``(B, C, H, W)`` pixels in ``[0, 1]``, ``B >= 2``.
+            mask: ``(B, N)`` bool patch mask, ``True`` = replace.
+            patch_size: Side of one square patch, in pixels.
+
+        Returns:
+            A :class:`Counterfactual` with detached ``(B, C, H, W)`` images.
+
+        Raises:
+            ValueError: If the batch holds a single image, or the mask does not
+                fit the images.
+        """
+        check_patch_mask(images, mask, patch_size)
+        _check_donor_batch(self, images)
+        batch, num_patches = mask.shape
+        donors = self._draw_donors(batch, num_patches, images.device)
+        with torch.no_grad():
+            refilled = refill_from_donors(images.detach(), mask, donors, patch_size)
+        return Counterfactual(refilled)
+
+
+class SingleImageRefiller(_DonorRefiller):
     """Fill the masked patches of each image from one other image of the batch.
 
     The batch is shuffled by a random permutation and every image takes its
@@ -76,40 +114,18 @@ class SingleImageRefiller(Refiller):
                 [0., 0., 0., 0.]])
     """
 
-    min_batch_size: ClassVar[int] = 2
-
     def __init__(self, allow_self: bool = True) -> None:
         super().__init__()
         if not isinstance(allow_self, bool):
             raise TypeError(f"allow_self must be True or False, got {allow_self!r}")
         self.allow_self = allow_self
 
-    def forward(self, images: Tensor, mask: Tensor, patch_size: int) -> Counterfactual:
-        """Return the single-image refilled batch.
-
-        Args:
-            images: ``(B, C, H, W)`` pixels in ``[0, 1]``, ``B >= 2``.
-            mask: ``(B, N)`` bool patch mask, ``True`` = replace.
-            patch_size: Side of one square patch, in pixels.
-
-        Returns:
-            A :class:`Counterfactual` with detached ``(B, C, H, W)`` images.
-
-        Raises:
-            ValueError: If the batch holds a single image, or the mask does not
-                fit the images.
-        """
-        check_patch_mask(images, mask, patch_size)
-        _check_donor_batch(self, images)
-        batch, num_patches = mask.shape
-        donors = single_image_donors(batch, self.allow_self, device=images.device)
-        per_patch = donors[:, None].expand(batch, num_patches)
-        with torch.no_grad():
-            refilled = refill_from_donors(images.detach(), mask, per_patch, patch_size)
-        return Counterfactual(refilled)
+    def _draw_donors(self, batch: int, num_patches: int, device: torch.device) -> Tensor:
+        donors = single_image_donors(batch, self.allow_self, device=device)
+        return donors[:, None].expand(batch, num_patches)
 
 
-class MultiImageRefiller(Refiller):
+class MultiImageRefiller(_DonorRefiller):
     """Fill every masked patch from its own randomly chosen other image.
 
     Patch ``n`` of image ``i`` comes from image ``(i + s) mod B`` with ``s``
@@ -126,33 +142,11 @@ class MultiImageRefiller(Refiller):
         True
     """
 
-    min_batch_size: ClassVar[int] = 2
-
     def __init__(self) -> None:
         super().__init__()
 
-    def forward(self, images: Tensor, mask: Tensor, patch_size: int) -> Counterfactual:
-        """Return the multi-image refilled batch.
-
-        Args:
-            images: ``(B, C, H, W)`` pixels in ``[0, 1]``, ``B >= 2``.
-            mask: ``(B, N)`` bool patch mask, ``True`` = replace.
-            patch_size: Side of one square patch, in pixels.
-
-        Returns:
-            A :class:`Counterfactual` with detached ``(B, C, H, W)`` images.
-
-        Raises:
-            ValueError: If the batch holds a single image, or the mask does not
-                fit the images.
-        """
-        check_patch_mask(images, mask, patch_size)
-        _check_donor_batch(self, images)
-        batch, num_patches = mask.shape
-        donors = multi_image_donors(batch, num_patches, device=images.device)
-        with torch.no_grad():
-            refilled = refill_from_donors(images.detach(), mask, donors, patch_size)
-        return Counterfactual(refilled)
+    def _draw_donors(self, batch: int, num_patches: int, device: torch.device) -> Tensor:
+        return multi_image_donors(batch, num_patches, device=device)
 
 
 class ConstantRefiller(Refiller):
