@@ -11,7 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ("check_keep_index", "check_key_mask", "gather_tokens", "key_mask_bias")
+__all__ = (
+    "check_keep_index",
+    "check_key_mask",
+    "gather_tokens",
+    "hide_patch_tokens",
+    "key_mask_bias",
+)
 
 
 def check_keep_index(keep_index: Tensor, batch_size: int, num_patches: int) -> None:
@@ -84,3 +90,44 @@ def key_mask_bias(key_mask: Tensor, num_prefix_tokens: int, dtype: torch.dtype) 
     bias = torch.zeros(full.shape, dtype=dtype, device=key_mask.device)
     bias.masked_fill_(full, float("-inf"))
     return bias[:, None, None, :]
+
+
+def hide_patch_tokens(
+    tokens: Tensor,
+    keep_index: Tensor | None,
+    key_mask: Tensor | None,
+    num_patches: int,
+    num_prefix_tokens: int,
+) -> tuple[Tensor, Tensor | None]:
+    """Apply both "no-fill" ways of hiding patches to an embedded token sequence.
+
+    Checks ``keep_index`` and ``key_mask``, drops the patch tokens ``keep_index``
+    leaves out, and turns ``key_mask`` into an additive bias over the kept tokens
+    (the mask is given over the original patch positions, so it is gathered by
+    ``keep_index`` first).
+
+    Args:
+        tokens: ``(B, P + N, D)`` sequence after the positional embedding.
+        keep_index: Optional ``(B, K)`` indices of the patch tokens to keep.
+        key_mask: Optional ``(B, N)`` bool, ``True`` = hide that patch as a key.
+        num_patches: ``N``.
+        num_prefix_tokens: ``P``.
+
+    Returns:
+        The ``(B, P + K, D)`` (or unchanged) tokens and the ``(B, 1, 1, T)`` bias of
+        :func:`key_mask_bias`, or ``None`` without ``key_mask``.
+
+    Raises:
+        ValueError: If ``keep_index`` or ``key_mask`` is malformed.
+    """
+    b = tokens.shape[0]
+    if keep_index is not None:
+        check_keep_index(keep_index, b, num_patches)
+        tokens = gather_tokens(tokens, keep_index, num_prefix_tokens)
+    bias: Tensor | None = None
+    if key_mask is not None:
+        check_key_mask(key_mask, b, num_patches)
+        if keep_index is not None:
+            key_mask = key_mask.gather(1, keep_index.long())
+        bias = key_mask_bias(key_mask, num_prefix_tokens, tokens.dtype)
+    return tokens, bias

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from cfmask.backbones._openclip_attention import attention_patches
-from cfmask.backbones._tokens import check_keep_index, check_key_mask, gather_tokens, key_mask_bias
+from cfmask.backbones._pixels import register_normalisation, rgb_triple
+from cfmask.backbones._tokens import hide_patch_tokens
 from cfmask.backbones.base import AttentionCaptureError, DataConfig, VisionBackbone
 from cfmask.clip_text import class_embeddings, default_templates
 from cfmask.clip_text import encode_text_truncated as encode_text_truncated  # older import path
@@ -171,15 +172,10 @@ class OpenCLIPViT(VisionBackbone):
         self._data_config = DataConfig(
             image_size=int(size[0] if isinstance(size, tuple | list) else size),
             interpolation=str(pp.get("interpolation", "bicubic")),
-            mean=_triple(pp.get("mean", _OPENAI_MEAN)),
-            std=_triple(pp.get("std", _OPENAI_STD)),
+            mean=rgb_triple(pp.get("mean", _OPENAI_MEAN)),
+            std=rgb_triple(pp.get("std", _OPENAI_STD)),
         )
-        self.register_buffer(
-            "mean_buffer", torch.tensor(self._data_config.mean).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "std_buffer", torch.tensor(self._data_config.std).view(1, 3, 1, 1), persistent=False
-        )
+        register_normalisation(self, self._data_config)
         self._probing = False
 
     # ------------------------------------------------------------------ config
@@ -328,19 +324,13 @@ class OpenCLIPViT(VisionBackbone):
         visual = self.visual
         if keep_index is None and key_mask is None:
             return visual(x)  # type: ignore[no-any-return]
-        b, n = images.shape[0], self.num_patches
-        tokens = visual._embeds(x)
-        if keep_index is not None:
-            check_keep_index(keep_index, b, n)
-            tokens = gather_tokens(tokens, keep_index, 1)
+        tokens, bias = hide_patch_tokens(
+            visual._embeds(x), keep_index, key_mask, self.num_patches, 1
+        )
         mask: Tensor | None = None
-        if key_mask is not None:
-            check_key_mask(key_mask, b, n)
-            if keep_index is not None:
-                key_mask = key_mask.gather(1, keep_index.long())
+        if bias is not None:  # open_clip takes a (B * heads, T, T) mask
+            b, t = tokens.shape[:2]
             heads = visual.transformer.resblocks[0].attn.num_heads
-            t = tokens.shape[1]
-            bias = key_mask_bias(key_mask, 1, tokens.dtype)
             mask = bias.expand(b, heads, t, t).reshape(b * heads, t, t)
         tokens = visual.transformer(tokens, attn_mask=mask)
         pooled, _ = visual._pool(tokens)
@@ -548,10 +538,3 @@ def _build_clip(
             )
         open_clip.load_checkpoint(model, str(Path(pretrained).expanduser()))
     return model
-
-
-def _triple(values: Any) -> tuple[float, float, float]:
-    vals = tuple(float(v) for v in values)
-    if len(vals) != 3:
-        raise ValueError(f"mean/std must have 3 values (RGB), got {vals}")
-    return vals[0], vals[1], vals[2]

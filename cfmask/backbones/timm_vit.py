@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torch.utils.hooks import RemovableHandle
 
-from cfmask.backbones._tokens import check_keep_index, check_key_mask, gather_tokens, key_mask_bias
+from cfmask.backbones._pixels import register_normalisation, rgb_triple
+from cfmask.backbones._tokens import hide_patch_tokens
 from cfmask.backbones._weights import load_state_dict_file
 from cfmask.backbones.base import AttentionCaptureError, DataConfig, VisionBackbone
 
@@ -140,15 +141,10 @@ class TimmViT(VisionBackbone):
         self._data_config = DataConfig(
             image_size=self.grid_size[0] * self.patch_size,  # the pretrained cfg keeps 224
             interpolation=str(cfg.get("interpolation", "bicubic")),
-            mean=_triple(mean if mean is not None else cfg.get("mean", _IMAGENET_MEAN)),
-            std=_triple(std if std is not None else cfg.get("std", _IMAGENET_STD)),
+            mean=rgb_triple(mean if mean is not None else cfg.get("mean", _IMAGENET_MEAN)),
+            std=rgb_triple(std if std is not None else cfg.get("std", _IMAGENET_STD)),
         )
-        self.register_buffer(
-            "mean_buffer", torch.tensor(self._data_config.mean).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "std_buffer", torch.tensor(self._data_config.std).view(1, 3, 1, 1), persistent=False
-        )
+        register_normalisation(self, self._data_config)
         self._probing = False
 
     # ------------------------------------------------------------------ config
@@ -233,20 +229,13 @@ class TimmViT(VisionBackbone):
         model = self.model
         if keep_index is None and key_mask is None:
             return model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[no-any-return]
-        b, n, p = images.shape[0], self.num_patches, self.num_prefix_tokens
         tokens = model.patch_embed(x)
         tokens = model._pos_embed(tokens)
         tokens = model.patch_drop(tokens)
         tokens = model.norm_pre(tokens)
-        if keep_index is not None:
-            check_keep_index(keep_index, b, n)
-            tokens = gather_tokens(tokens, keep_index, p)
-        bias: Tensor | None = None
-        if key_mask is not None:
-            check_key_mask(key_mask, b, n)
-            if keep_index is not None:
-                key_mask = key_mask.gather(1, keep_index.long())
-            bias = key_mask_bias(key_mask, p, tokens.dtype)
+        tokens, bias = hide_patch_tokens(
+            tokens, keep_index, key_mask, self.num_patches, self.num_prefix_tokens
+        )
         checkpointed = bool(model.grad_checkpointing) and torch.is_grad_enabled()
         for blk in model.blocks:
             kwargs: dict[str, Any] = {"attn_mask": bias} if bias is not None else {}
@@ -382,10 +371,3 @@ class TimmViT(VisionBackbone):
                 f"arguments: missing {missing[:8]}, unexpected {result.unexpected_keys[:8]}. "
                 f"Check model_name, img_size, patch_size and model_kwargs."
             )
-
-
-def _triple(values: Any) -> tuple[float, float, float]:
-    vals = tuple(float(v) for v in values)
-    if len(vals) != 3:
-        raise ValueError(f"mean/std must have 3 values (RGB), got {vals}")
-    return vals[0], vals[1], vals[2]
