@@ -271,20 +271,25 @@ class LastAndBestCheckpoint(ModelCheckpoint):
         if self.monitor is None:
             super().on_train_epoch_end(trainer, pl_module)
             return
-        if not self._saving_allowed(trainer):
-            return
-        if self._should_save_on_train_epoch_end(trainer) and self._epoch_triggered(trainer):
-            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
-        self._write_last(trainer)
+        self._save_at_epoch_hook(trainer, at_train_epoch_end=True)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Pick top-k from the fresh validation results; always rewrite ``last.ckpt``."""
         if self.monitor is None:
             super().on_validation_end(trainer, pl_module)
             return
+        self._save_at_epoch_hook(trainer, at_train_epoch_end=False)
+
+    def _save_at_epoch_hook(self, trainer: pl.Trainer, at_train_epoch_end: bool) -> None:
+        """Pick top-k when this hook is the one that saves on an epoch trigger; rewrite last.
+
+        Top-k is picked at the end of the training epoch when there is no validation
+        to wait for (``_should_save_on_train_epoch_end``), else after validation.
+        """
         if not self._saving_allowed(trainer):
             return
-        if not self._should_save_on_train_epoch_end(trainer) and self._epoch_triggered(trainer):
+        due_here = self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end
+        if due_here and self._epoch_triggered(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
         self._write_last(trainer)
 
