@@ -14,12 +14,6 @@ from cfmask.head_setup import build_deferred_heads, datamodule_class_names
 from cfmask.losses import FeatureDistillationLoss
 from cfmask.objective import CounterfactualObjective
 
-CFG: dict[str, Any] = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 32, "layers": 1, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
-}
-
 
 def _fake_trainer(rank: int, received: torch.Tensor | None, sent: list[Any]) -> Any:
     def broadcast(obj: Any, src: int = 0) -> Any:
@@ -30,26 +24,19 @@ def _fake_trainer(rank: int, received: torch.Tensor | None, sent: list[Any]) -> 
     return SimpleNamespace(is_global_zero=rank == 0, strategy=strategy)
 
 
-def _deferred(tmp_path: Any) -> OpenCLIPViT:
-    torch.manual_seed(0)
-    return OpenCLIPViT(
-        "tiny",
-        model_cfg=copy.deepcopy(CFG),
-        class_names="datamodule",
-        templates=["a photo of a {}."],
-        text_cache_dir=str(tmp_path / "text"),
-    )
+def _deferred(clip_args: dict[str, Any]) -> OpenCLIPViT:
+    return OpenCLIPViT(**{**clip_args, "class_names": "datamodule"})
 
 
-def test_rank_zero_builds_the_head_for_student_and_teachers(tmp_path) -> None:
-    student = _deferred(tmp_path)
+def test_rank_zero_builds_the_head_for_student_and_teachers(clip_args: dict[str, Any]) -> None:
+    student = _deferred(clip_args)
     objective = CounterfactualObjective(student, distillation=[FeatureDistillationLoss()])
     names = ["cat", "dog", "fox"]
     expected = copy.deepcopy(student).zero_shot_weight(names)
     sent: list[Any] = []
     dm = SimpleNamespace(class_names=names)
     assert build_deferred_heads(objective, dm, _fake_trainer(0, None, sent), None) is True
-    assert [tuple(w.shape) for w in sent] == [(3, 16)]
+    assert [tuple(w.shape) for w in sent] == [(3, 32)]
     torch.testing.assert_close(student.head.weight, expected)
     teacher = objective.teachers["initial"]
     torch.testing.assert_close(teacher.head.weight, expected)
@@ -57,9 +44,9 @@ def test_rank_zero_builds_the_head_for_student_and_teachers(tmp_path) -> None:
     assert student.class_names == names and not student.needs_class_names
 
 
-def test_other_ranks_take_the_broadcast_weight(tmp_path) -> None:
-    objective = CounterfactualObjective(_deferred(tmp_path))
-    received = torch.randn(2, 16)
+def test_other_ranks_take_the_broadcast_weight(clip_args: dict[str, Any]) -> None:
+    objective = CounterfactualObjective(_deferred(clip_args))
+    received = torch.randn(2, 32)
     sent: list[Any] = []
     dm = SimpleNamespace(class_names=["cat", "dog"])
     build_deferred_heads(objective, dm, _fake_trainer(1, received, sent), None)
@@ -67,16 +54,10 @@ def test_other_ranks_take_the_broadcast_weight(tmp_path) -> None:
     torch.testing.assert_close(objective.student.head.weight, received)
 
 
-def test_a_ready_head_is_left_alone() -> None:
-    vit = TimmViT(
-        "vit_tiny_patch16_224",
-        num_classes=3,
-        img_size=32,
-        patch_size=16,
-        model_kwargs={"depth": 1, "embed_dim": 16, "num_heads": 1},
-    )
-    trainer = SimpleNamespace()  # never consulted
-    assert build_deferred_heads(CounterfactualObjective(vit), None, trainer, None) is False  # type: ignore[arg-type]
+def test_a_ready_head_is_left_alone(tiny_timm_config: dict[str, Any]) -> None:
+    objective = CounterfactualObjective(TimmViT(**tiny_timm_config))
+    trainer: Any = SimpleNamespace()  # never consulted
+    assert build_deferred_heads(objective, None, trainer, None) is False
 
 
 @pytest.mark.parametrize("datamodule", [None, SimpleNamespace(class_names=[])])
