@@ -41,11 +41,8 @@ from cfmask.commands import (
     run_command,
     suggest,
 )
-from cfmask.finetuner import (
-    CounterfactualFineTuner,
-    _without_memory_options,
-    with_saved_class_names,
-)
+from cfmask.finetuner import CounterfactualFineTuner, _without_memory_options
+from cfmask.head_setup import with_saved_class_names
 
 __all__ = (
     "CfmaskCLI",

@@ -36,6 +36,7 @@ from cfmask.checkpoints import (
 )
 from cfmask.eval_sets import EvalSet, describe_test_sets
 from cfmask.head_setup import build_deferred_heads
+from cfmask.head_setup import with_saved_class_names as with_saved_class_names  # older path
 from cfmask.losses import DistillationLoss
 from cfmask.masking.base import Masker, Refiller
 from cfmask.metrics import OOD_AVG, SubsetAccuracy, ood_average, top5_results, top_k_average
@@ -647,37 +648,6 @@ def global_batch_mismatch(
 
 
 _MEMORY_OPTIONS = ("grad_checkpointing",)
-
-
-def with_saved_class_names(
-    configured: Mapping[str, Any], saved: Mapping[str, Any]
-) -> dict[str, Any]:
-    """A backbone config whose ``class_names="datamodule"`` takes the saved run's names.
-
-    A run configured with ``class_names: datamodule`` stores the names it resolved;
-    a later run with the same configuration resolves them again from its datamodule
-    in ``setup`` (and :meth:`CounterfactualFineTuner.on_load_checkpoint` then refuses
-    a checkpoint whose names differ). Comparing the configurations before that, the
-    two count as the same backbone.
-
-    Args:
-        configured: The ``{"class_path", "init_args"}`` of the configuration.
-        saved: The one stored in a checkpoint.
-
-    Returns:
-        ``configured`` with the saved ``class_names`` list in place of
-        ``"datamodule"``; otherwise an unchanged copy.
-    """
-    out = dict(configured)
-    mine, theirs = out.get("init_args"), saved.get("init_args")
-    if (
-        isinstance(mine, Mapping)
-        and isinstance(theirs, Mapping)
-        and mine.get("class_names") == "datamodule"
-        and isinstance(theirs.get("class_names"), list | tuple)
-    ):
-        out["init_args"] = {**mine, "class_names": list(theirs["class_names"])}
-    return out
 
 
 def _without_memory_options(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ LightningModule that calls it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -43,6 +43,7 @@ __all__ = (
     "check_strategy_runs_setup",
     "datamodule_class_names",
     "shared_zero_shot_weight",
+    "with_saved_class_names",
 )
 
 
@@ -171,3 +172,34 @@ def build_deferred_heads(
     teachers.requires_grad_(False)
     teachers.eval()
     return True
+
+
+def with_saved_class_names(
+    configured: Mapping[str, Any], saved: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A backbone config whose ``class_names="datamodule"`` takes the saved run's names.
+
+    A run configured with ``class_names: datamodule`` stores the names it resolved;
+    a later run with the same configuration resolves them again from its datamodule
+    in ``setup`` (and :meth:`~cfmask.CounterfactualFineTuner.on_load_checkpoint` then refuses
+    a checkpoint whose names differ). Comparing the configurations before that, the
+    two count as the same backbone.
+
+    Args:
+        configured: The ``{"class_path", "init_args"}`` of the configuration.
+        saved: The one stored in a checkpoint.
+
+    Returns:
+        ``configured`` with the saved ``class_names`` list in place of
+        ``"datamodule"``; otherwise an unchanged copy.
+    """
+    out = dict(configured)
+    mine, theirs = out.get("init_args"), saved.get("init_args")
+    if (
+        isinstance(mine, Mapping)
+        and isinstance(theirs, Mapping)
+        and mine.get("class_names") == "datamodule"
+        and isinstance(theirs.get("class_names"), list | tuple)
+    ):
+        out["init_args"] = {**mine, "class_names": list(theirs["class_names"])}
+    return out
