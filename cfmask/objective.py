@@ -255,7 +255,7 @@ class CounterfactualObjective(nn.Module):
         teacher = copy.deepcopy(self.student)
         # A head built later from the datamodule's class names (OpenCLIPViT with
         # class_names="datamodule") gets its source once the head exists
-        # (CounterfactualFineTuner.setup).
+        # (cfmask.head_setup.build_deferred_heads, from CounterfactualFineTuner.setup).
         if source is not None and not teacher.needs_class_names:
             load_weights_into(teacher, source, "teacher")
         teacher.requires_grad_(False)
