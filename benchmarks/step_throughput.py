@@ -72,6 +72,7 @@ from cfmask.masking.maskers import ObjectMasker, RandomMasker
 from cfmask.masking.refillers import MultiImageRefiller, SingleImageRefiller, TokenDropRefiller
 from cfmask.objective import CounterfactualObjective
 from cfmask.relevance.attention import AttentionGradRelevance
+from cfmask.testing import tiny_clip_config, tiny_timm_args
 
 __all__ = ("METHODS", "MODELS", "Result", "main", "run_benchmark")
 
@@ -114,18 +115,17 @@ METHODS: dict[str, tuple[Callable[[], dict[str, Any]], bool]] = {
     ),
 }
 
-_TINY_TIMM = {
-    "model_name": "vit_tiny_patch16_224",
-    "num_classes": 100,
-    "img_size": 32,
-    "patch_size": 4,
-    "model_kwargs": {"depth": 4, "embed_dim": 96, "num_heads": 3},
-}
-_TINY_CLIP_CFG = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 96, "layers": 4, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1},
-}
+# Tiny models from cfmask.testing, larger than the unit tests' (more blocks, 4-px patches).
+_TINY_TIMM = tiny_timm_args(100, patch_size=4, depth=4, embed_dim=96, num_heads=3)
+_TINY_CLIP_CFG = tiny_clip_config(
+    embed_dim=64,
+    patch_size=4,
+    width=96,
+    layers=4,
+    context_length=16,
+    text_heads=1,
+    init_logit_scale=None,
+)
 # open_clip architectures benchmarked without weights (throughput does not depend on them).
 _OPENCLIP = {"vit_b32": "ViT-B-32", "vit_b16": "ViT-B-16", "vit_l14": "ViT-L-14"}
 MODELS = ("tiny", "tiny_clip", *_OPENCLIP)
@@ -172,7 +172,7 @@ def build_backbone(
         The backbone, on the CPU.
     """
     if model == "tiny":
-        return TimmViT(**_TINY_TIMM, grad_checkpointing=grad_checkpointing)  # type: ignore[arg-type]
+        return TimmViT(**_TINY_TIMM, grad_checkpointing=grad_checkpointing)
     names = [f"class {i}" for i in range(1000 if model in _OPENCLIP else 100)]
     if model == "tiny_clip":
         return OpenCLIPViT(

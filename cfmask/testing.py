@@ -12,6 +12,13 @@ contracts the fine-tuner relies on:
 * :func:`copy.deepcopy` works (Lightning and the fine-tuner copy components);
 * inputs are not modified in place.
 
+It also holds the tiny models and the quiet trainer that cfmask's own tests and
+benchmarks run on, so a plugin's tests can train on the same few-thousand-parameter
+ViTs in a second on a CPU: :func:`tiny_timm_args` (init arguments of a
+:class:`~cfmask.backbones.TimmViT`), :func:`tiny_clip_config` and
+:func:`tiny_clip_args` (an :class:`~cfmask.backbones.OpenCLIPViT` with a zero-shot
+head), :func:`quiet_trainer_settings` and :func:`quiet_trainer`.
+
 Example:
     A plugin's test file::
 
@@ -33,7 +40,9 @@ from __future__ import annotations
 
 import copy
 import importlib
+import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -45,12 +54,181 @@ from cfmask.functional.patches import patch_mask_to_pixels
 from cfmask.masking.base import Counterfactual, Masker, Refiller
 
 __all__ = (
+    "TINY_CLASS_NAMES",
+    "TINY_TEMPLATES",
     "check_component_config",
     "check_masker",
     "check_refiller",
     "fake_scores",
     "quiet_trainer",
+    "quiet_trainer_settings",
+    "tiny_clip_args",
+    "tiny_clip_config",
+    "tiny_timm_args",
 )
+
+TINY_CLASS_NAMES = ("cat", "dog", "bird")
+"""Class names of the tiny CLIP's zero-shot head in :func:`tiny_clip_args`."""
+
+TINY_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.")
+"""Prompt templates of the tiny CLIP's zero-shot head in :func:`tiny_clip_args`."""
+
+
+def tiny_timm_args(
+    num_classes: int = 3,
+    *,
+    img_size: int = 32,
+    patch_size: int = 8,
+    depth: int = 2,
+    embed_dim: int = 32,
+    num_heads: int = 2,
+    **model_kwargs: Any,
+) -> dict[str, Any]:
+    """Return the init arguments of a tiny :class:`~cfmask.backbones.TimmViT`.
+
+    The defaults give the model most of cfmask's tests train: a 2-block,
+    32-wide ViT on 32-px images cut into a 4 x 4 grid of 8-px patches, with
+    3 classes (about 32 thousand parameters). Every call returns a new dict,
+    so a test may change it freely.
+
+    Args:
+        num_classes: Size of the classification head.
+        img_size: Side of the square input images, in pixels.
+        patch_size: Side of one patch, in pixels.
+        depth: Number of transformer blocks.
+        embed_dim: Token width.
+        num_heads: Attention heads per block.
+        **model_kwargs: Further ``timm.create_model`` arguments (for example
+            ``drop_rate=0.1`` or ``reg_tokens=2``).
+
+    Returns:
+        ``TimmViT`` keyword arguments: ``model_name``, ``num_classes``,
+        ``img_size``, ``patch_size`` and ``model_kwargs``.
+
+    Example:
+        >>> from cfmask.backbones import TimmViT
+        >>> vit = TimmViT(**tiny_timm_args(depth=1))
+        >>> vit.num_classes, vit.grid_size
+        (3, (4, 4))
+    """
+    return {
+        "model_name": "vit_tiny_patch16_224",
+        "num_classes": num_classes,
+        "img_size": img_size,
+        "patch_size": patch_size,
+        "model_kwargs": {
+            "depth": depth,
+            "embed_dim": embed_dim,
+            "num_heads": num_heads,
+            **model_kwargs,
+        },
+    }
+
+
+def tiny_clip_config(
+    *,
+    embed_dim: int = 32,
+    image_size: int = 32,
+    patch_size: int = 8,
+    width: int = 64,
+    layers: int = 2,
+    head_width: int = 32,
+    context_length: int = 77,
+    text_width: int = 32,
+    text_heads: int = 2,
+    init_logit_scale: float | None = math.log(100.0),
+) -> dict[str, Any]:
+    """Return a complete open_clip model config of a tiny CLIP.
+
+    The defaults give a 2-block, 64-wide vision tower with 2 heads on 32-px
+    images (8-px patches), a 1-block, 32-wide text tower with the full CLIP
+    vocabulary, a 32-dimensional joint embedding and a logit scale of 100.
+    Every call returns a new dict.
+
+    Args:
+        embed_dim: Width of the joint image-text embedding.
+        image_size: Side of the square input images, in pixels.
+        patch_size: Side of one patch, in pixels.
+        width: Token width of the vision tower.
+        layers: Blocks of the vision tower.
+        head_width: Width of one vision attention head (``width // head_width``
+            heads).
+        context_length: Tokens per text prompt.
+        text_width: Token width of the text tower.
+        text_heads: Attention heads of the text tower.
+        init_logit_scale: Natural log of the initial logit scale, or ``None`` to
+            leave open_clip's default.
+
+    Returns:
+        A dict for ``OpenCLIPViT(model_cfg=...)`` or ``open_clip.CLIP(**config)``.
+
+    Example:
+        >>> tiny_clip_config(layers=1)["vision_cfg"]["layers"]
+        1
+    """
+    config: dict[str, Any] = {
+        "embed_dim": embed_dim,
+        "vision_cfg": {
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "width": width,
+            "layers": layers,
+            "head_width": head_width,
+        },
+        "text_cfg": {
+            "context_length": context_length,
+            "vocab_size": 49408,
+            "width": text_width,
+            "heads": text_heads,
+            "layers": 1,
+        },
+    }
+    if init_logit_scale is not None:
+        config["init_logit_scale"] = init_logit_scale
+    return config
+
+
+def tiny_clip_args(
+    text_cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    model_name: str = "tiny-clip",
+    class_names: Sequence[str] | str = TINY_CLASS_NAMES,
+    templates: Sequence[str] = TINY_TEMPLATES,
+    **config: Any,
+) -> dict[str, Any]:
+    """Return the init arguments of a tiny :class:`~cfmask.backbones.OpenCLIPViT`.
+
+    The model is :func:`tiny_clip_config` with random weights and a zero-shot
+    head built from ``class_names`` and ``templates`` (3 classes and 2
+    templates by default). Every call returns a new dict.
+
+    Args:
+        text_cache_dir: Where the head's text embeddings are cached (a test's
+            ``tmp_path``); ``None`` for the backbone's default.
+        model_name: Name the backbone records for the architecture.
+        class_names: Class names of the zero-shot head, or ``"datamodule"`` to
+            take them from the datamodule when training starts.
+        templates: Prompt templates with one ``{}`` for the class name.
+        **config: Arguments of :func:`tiny_clip_config` (for example
+            ``layers=1``).
+
+    Returns:
+        ``OpenCLIPViT`` keyword arguments: ``model_name``, ``model_cfg``,
+        ``class_names``, ``templates`` and ``text_cache_dir``.
+
+    Example:
+        >>> import tempfile
+        >>> from cfmask.backbones import OpenCLIPViT
+        >>> OpenCLIPViT(**tiny_clip_args(tempfile.mkdtemp())).num_classes
+        3
+    """
+    return {
+        "model_name": model_name,
+        "model_cfg": tiny_clip_config(**config),
+        "class_names": class_names if isinstance(class_names, str) else list(class_names),
+        "templates": list(templates),
+        "text_cache_dir": None if text_cache_dir is None else str(text_cache_dir),
+    }
 
 
 def fake_scores(
@@ -353,23 +531,24 @@ def check_refiller(
     return result
 
 
-def quiet_trainer(default_root_dir: str | os.PathLike[str], **overrides: Any) -> Trainer:
-    """Return a Lightning :class:`~lightning.pytorch.Trainer` for fast, silent test runs.
+def quiet_trainer_settings(
+    default_root_dir: str | os.PathLike[str], **overrides: Any
+) -> dict[str, Any]:
+    """Return the :class:`~lightning.pytorch.Trainer` arguments of :func:`quiet_trainer`.
 
-    One CPU device, no logger, no progress bar or model summary, no sanity check,
-    one validation batch per validation run; ``overrides`` replace any of these
-    (for example ``max_steps=2``, ``precision="bf16-mixed"``, ``callbacks=[...]``).
+    Plain data, so they also serve as the ``trainer`` section of a CLI
+    configuration.
 
     Args:
         default_root_dir: Where checkpoints go (a test's ``tmp_path``).
-        **overrides: Any other :class:`~lightning.pytorch.Trainer` arguments.
+        **overrides: Any other :class:`~lightning.pytorch.Trainer` arguments;
+            they replace the quiet defaults.
 
     Returns:
-        The trainer.
+        The keyword arguments.
 
     Example:
-        >>> import tempfile
-        >>> quiet_trainer(tempfile.mkdtemp(), max_steps=1).max_steps
+        >>> quiet_trainer_settings("run", max_steps=1)["max_steps"]
         1
     """
     settings: dict[str, Any] = {
@@ -383,4 +562,27 @@ def quiet_trainer(default_root_dir: str | os.PathLike[str], **overrides: Any) ->
         "default_root_dir": default_root_dir,
     }
     settings.update(overrides)
-    return Trainer(**settings)
+    return settings
+
+
+def quiet_trainer(default_root_dir: str | os.PathLike[str], **overrides: Any) -> Trainer:
+    """Return a Lightning :class:`~lightning.pytorch.Trainer` for fast, silent test runs.
+
+    One CPU device, no logger, no progress bar or model summary, no sanity check,
+    one validation batch per validation run; ``overrides`` replace any of these
+    (for example ``max_steps=2``, ``precision="bf16-mixed"``, ``callbacks=[...]``).
+    The arguments are those of :func:`quiet_trainer_settings`.
+
+    Args:
+        default_root_dir: Where checkpoints go (a test's ``tmp_path``).
+        **overrides: Any other :class:`~lightning.pytorch.Trainer` arguments.
+
+    Returns:
+        The trainer.
+
+    Example:
+        >>> import tempfile
+        >>> quiet_trainer(tempfile.mkdtemp(), max_steps=1).max_steps
+        1
+    """
+    return Trainer(**quiet_trainer_settings(default_root_dir, **overrides))

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from cfmask.backbones import AttentionCaptureError, OpenCLIPViT
 
-HEADS = 2  # width 64 / head_width 32 in conftest's CLIP_CFG
+HEADS = 2  # width 64 / head_width 32 in cfmask.testing.tiny_clip_config()
 
 
 def _images(b: int = 3) -> Tensor:
