@@ -10,16 +10,14 @@ from cfmask import CounterfactualFineTuner
 from cfmask.backbones import TimmViT
 from cfmask.losses import FeatureDistillationLoss, LogitDistillationLoss
 from cfmask.masking import RandomMasker
+from cfmask.testing import tiny_timm_args
 from cfmask.validation import check_number
 
 NAN, INF = math.nan, math.inf
 
 
 def _backbone() -> TimmViT:
-    return TimmViT(
-        "vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8,
-        model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2},
-    )  # fmt: skip
+    return TimmViT(**tiny_timm_args(depth=1))
 
 
 @pytest.mark.parametrize(

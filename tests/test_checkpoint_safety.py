@@ -6,7 +6,6 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -15,6 +14,7 @@ from cfmask.backbones import TimmViT
 from cfmask.checkpoints import SafeCheckpointIO, UnsafeCheckpointError
 from cfmask.cli import main
 from cfmask.synthetic import SyntheticDataModule
+from cfmask.testing import quiet_trainer, tiny_timm_args
 
 from .helpers.loopback import serve_directory
 
@@ -54,13 +54,7 @@ def _private_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _tiny_model() -> CounterfactualFineTuner:
-    backbone = TimmViT(
-        "vit_tiny_patch16_224",
-        num_classes=3,
-        img_size=32,
-        patch_size=8,
-        model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2},
-    )
+    backbone = TimmViT(**tiny_timm_args(depth=1))
     return CounterfactualFineTuner(backbone, distillation=[], lr=1e-3, warmup_steps=1)
 
 
@@ -81,15 +75,7 @@ def test_load_from_checkpoint_refuses_weights_only_false(served):
 @pytest.mark.parametrize("stage", ["fit", "validate", "test"])
 def test_trainer_ckpt_path_url_runs_nothing(served, tmp_path, stage):
     url, marker = served
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=1, enable_checkpointing=False)
     data = SyntheticDataModule(num_classes=3, image_size=32, batch_size=4, train_size=8)
     with pytest.raises(UnsafeCheckpointError):
         getattr(trainer, stage)(_tiny_model(), datamodule=data, ckpt_path=url)
@@ -99,10 +85,7 @@ def test_trainer_ckpt_path_url_runs_nothing(served, tmp_path, stage):
 
 def test_trainer_refuses_weights_only_false(served, tmp_path):
     url, marker = served
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+    trainer = quiet_trainer(tmp_path, max_steps=1, enable_checkpointing=False)
     data = SyntheticDataModule(num_classes=3, image_size=32, batch_size=4, train_size=8)
     with pytest.raises(ValueError, match="weights_only=True only"):
         trainer.fit(_tiny_model(), datamodule=data, ckpt_path=url, weights_only=False)
@@ -125,13 +108,7 @@ def test_local_malicious_files_run_nothing_on_every_loader(tmp_path):
     _write_malicious_checkpoint(evil, marker)
     with pytest.raises(UnsafeCheckpointError):
         CounterfactualFineTuner.load_from_checkpoint(evil)
-    backbone_args = {
-        "model_name": "vit_tiny_patch16_224",
-        "num_classes": 3,
-        "img_size": 32,
-        "patch_size": 8,
-        "model_kwargs": {"depth": 1, "embed_dim": 32, "num_heads": 2},
-    }
+    backbone_args = tiny_timm_args(depth=1)
     with pytest.raises(ValueError, match="weights_only=True"):  # backbone weights file
         TimmViT(**backbone_args, pretrained=str(evil))
     with pytest.raises(ValueError, match="weights_only=True"):  # init weights
@@ -149,18 +126,12 @@ def test_local_malicious_files_run_nothing_on_every_loader(tmp_path):
 
 def test_safe_io_still_reads_our_own_checkpoints(tmp_path):
     data = SyntheticDataModule(num_classes=3, image_size=32, batch_size=4, train_size=8)
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+    trainer = quiet_trainer(tmp_path, max_steps=1, enable_checkpointing=False)
     model = _tiny_model()
     trainer.fit(model, datamodule=data)
     path = tmp_path / "ok.ckpt"
     trainer.save_checkpoint(path)
-    again = pl.Trainer(
-        accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+    again = quiet_trainer(tmp_path, max_steps=2, enable_checkpointing=False)
     again.fit(_tiny_model(), datamodule=data, ckpt_path=path)
     assert again.global_step == 2
     restored = CounterfactualFineTuner.load_from_checkpoint(path)

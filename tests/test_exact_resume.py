@@ -13,6 +13,7 @@ from cfmask.backbones import TimmViT
 from cfmask.checkpoints import LastAndBestCheckpoint
 from cfmask.masking import RandomMasker, SingleImageRefiller
 from cfmask.synthetic import SyntheticDataModule
+from cfmask.testing import quiet_trainer, tiny_timm_args
 
 STEPS_PER_EPOCH = 3  # 12 training images in batches of 4
 
@@ -43,10 +44,7 @@ def _fit(
     every_n_train_steps: int | None = 1,
 ):
     pl.seed_everything(0)
-    backbone = TimmViT(
-        "vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8,
-        model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2, "drop_rate": 0.1},
-    )  # fmt: skip
+    backbone = TimmViT(**tiny_timm_args(depth=1, drop_rate=0.1))
     model = CounterfactualFineTuner(
         backbone, masker=RandomMasker(ratio=0.5), refiller=SingleImageRefiller(),
         lr=1e-3, warmup_steps=2,
@@ -60,10 +58,9 @@ def _fit(
     ]  # fmt: skip
     if fail_at is not None:
         callbacks.append(_FailAt(fail_at))
-    trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=max_epochs, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=callbacks, num_sanity_val_steps=1,
-        default_root_dir=root,
+    trainer = quiet_trainer(
+        root, max_epochs=max_epochs, callbacks=callbacks, num_sanity_val_steps=1,
+        limit_val_batches=1.0,
     )  # fmt: skip
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
     return model, trainer

@@ -14,7 +14,7 @@ from cfmask.losses import FeatureDistillationLoss, LogitDistillationLoss
 from cfmask.masking.maskers import ObjectMasker, RandomMasker
 from cfmask.masking.refillers import MultiImageRefiller
 from cfmask.synthetic import SyntheticDataModule
-from cfmask.testing import quiet_trainer
+from cfmask.testing import quiet_trainer, tiny_timm_args
 
 from .helpers.model_inputs import fixed_batch as _batch
 from .helpers.model_inputs import perturb as _perturb
@@ -174,7 +174,7 @@ def test_checkpoint_from_another_backbone_is_refused(tiny_timm_config, tmp_path)
     model = CounterfactualFineTuner(_backbone(tiny_timm_config), distillation=[])
     path = tmp_path / "other.pt"
     torch.save(model.student.state_dict(), path)
-    other = dict(tiny_timm_config, model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2})
+    other = tiny_timm_args(depth=1)
     with pytest.raises(ValueError, match="does not fit this backbone"):
         CounterfactualFineTuner(_backbone(other), init_weights=str(path))
     with pytest.raises(ValueError, match="trained with the backbone"):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import copy
-import math
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import open_clip
@@ -17,14 +14,13 @@ from cfmask import CounterfactualFineTuner
 from cfmask.backbones import OpenCLIPViT
 from cfmask.data import ImageFolderDataModule
 from cfmask.losses import FeatureDistillationLoss, LogitDistillationLoss
-from cfmask.testing import quiet_trainer
+from cfmask.testing import (
+    quiet_trainer,
+    quiet_trainer_settings,
+    tiny_clip_args,
+    tiny_clip_config,
+)
 
-CFG: dict[str, Any] = {
-    "embed_dim": 32,
-    "init_logit_scale": math.log(100.0),
-    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 TEMPLATES = ["a photo of a {}.", "a blurry photo of the {}."]
 FOLDERS = ["red_fox", "tabby_cat", "zebra"]  # class names "red fox", "tabby cat", "zebra"
 
@@ -40,20 +36,14 @@ def _tree(root: Path) -> Path:
 
 def _clip_file(path: Path) -> open_clip.CLIP:
     torch.manual_seed(3)
-    clip = open_clip.CLIP(**copy.deepcopy(CFG)).eval()
+    clip = open_clip.CLIP(**tiny_clip_config()).eval()
     torch.save(clip.state_dict(), path)
     return clip
 
 
 def _backbone(tmp_path: Path, weights: Path) -> OpenCLIPViT:
-    return OpenCLIPViT(
-        "tiny-clip",
-        pretrained=str(weights),
-        model_cfg=copy.deepcopy(CFG),
-        class_names="datamodule",
-        templates=list(TEMPLATES),
-        text_cache_dir=str(tmp_path / "text-cache"),
-    )
+    args = tiny_clip_args(tmp_path / "text-cache", class_names="datamodule", templates=TEMPLATES)
+    return OpenCLIPViT(**args, pretrained=str(weights))
 
 
 def _trainer(tmp_path: Path) -> pl.Trainer:
@@ -105,14 +95,8 @@ def test_checkpoint_of_a_datamodule_head_rebuilds_without_the_datamodule(tmp_pat
 def test_init_weights_and_teachers_are_loaded_after_the_deferred_head(tmp_path):
     _clip_file(tmp_path / "clip.pt")
     names = ["red fox", "tabby cat", "zebra"]
-    probe = OpenCLIPViT(
-        "tiny-clip",
-        pretrained=str(tmp_path / "clip.pt"),
-        model_cfg=copy.deepcopy(CFG),
-        class_names=names,
-        templates=list(TEMPLATES),
-        text_cache_dir=str(tmp_path / "text-cache"),
-    )
+    args = tiny_clip_args(tmp_path / "text-cache", class_names=names, templates=TEMPLATES)
+    probe = OpenCLIPViT(**args, pretrained=str(tmp_path / "clip.pt"))
     with torch.no_grad():
         probe.head.bias.fill_(0.25)
     torch.save(probe.state_dict(), tmp_path / "probe.pt")
@@ -153,9 +137,9 @@ def test_deferred_head_refuses_to_classify_before_it_is_built(tmp_path):
 
 def test_a_class_names_string_other_than_datamodule_is_refused(tmp_path):
     with pytest.raises(ValueError, match="'datamodule'"):
-        OpenCLIPViT("tiny-clip", model_cfg=copy.deepcopy(CFG), class_names="cats")  # type: ignore[arg-type]
+        OpenCLIPViT("tiny-clip", model_cfg=tiny_clip_config(), class_names="cats")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="class_names is empty"):
-        OpenCLIPViT("tiny-clip", model_cfg=copy.deepcopy(CFG), class_names=[])
+        OpenCLIPViT("tiny-clip", model_cfg=tiny_clip_config(), class_names=[])
 
 
 def test_datamodule_without_class_names_is_a_clear_error(tmp_path):
@@ -186,23 +170,14 @@ def test_cli_fit_and_test_with_the_image_folder_recipe(tmp_path):
     _clip_file(tmp_path / "clip.pt")
     run = {
         "seed_everything": 0,
-        "trainer": {
-            "max_steps": 1,
-            "accelerator": "cpu",
-            "devices": 1,
-            "logger": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "num_sanity_val_steps": 0,
-            "default_root_dir": str(tmp_path / "run"),
-        },
+        "trainer": quiet_trainer_settings(str(tmp_path / "run"), max_steps=1),
         "model": {
             "backbone": {
                 "class_path": "cfmask.backbones.OpenCLIPViT",
                 "init_args": {
                     "model_name": "tiny-clip",
                     "pretrained": str(tmp_path / "clip.pt"),
-                    "model_cfg": copy.deepcopy(CFG),
+                    "model_cfg": tiny_clip_config(),
                 },
             },
             "warmup_steps": 1,

@@ -210,11 +210,10 @@ def test_image_folder_unknown_class(custom_root: Path) -> None:
 
 
 def test_test_only_run_with_cache_needs_no_train_folder(tmp_path: Path) -> None:
-    import lightning.pytorch as pl
-
     from cfmask import CounterfactualFineTuner
     from cfmask.backbones import TimmViT
     from cfmask.data.imagenet import imagenet_r_wnids, imagenet_wnids
+    from cfmask.testing import quiet_trainer, tiny_timm_args
 
     make_folder_set(tmp_path / "imagenet" / "val", imagenet_wnids())
     make_folder_set(tmp_path / "imagenet-r", imagenet_r_wnids(), ext=".jpg")
@@ -227,21 +226,8 @@ def test_test_only_run_with_cache_needs_no_train_folder(tmp_path: Path) -> None:
         eval_batch_size=500,
         cache_dir=str(tmp_path / "cache"),
     )
-    backbone = TimmViT(
-        "vit_tiny_patch16_224",
-        num_classes=1000,
-        img_size=32,
-        patch_size=8,
-        model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2},
-    )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    backbone = TimmViT(**tiny_timm_args(1000, depth=1))
+    trainer = quiet_trainer(tmp_path)
     trainer.test(CounterfactualFineTuner(backbone, distillation=[]), datamodule=dm, verbose=False)
     cached = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir())
     assert cached == ["imagenet", "imagenet_r"]  # the test sets only, no held-out split

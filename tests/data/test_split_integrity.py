@@ -7,7 +7,6 @@ import os
 import warnings
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 
 from cfmask import CounterfactualFineTuner
@@ -15,6 +14,7 @@ from cfmask.backbones import TimmViT
 from cfmask.callbacks import TestResultsReport
 from cfmask.data import ImageFolderDataModule
 from cfmask.data.folder import DataLayoutWarning, list_images
+from cfmask.testing import quiet_trainer, tiny_timm_args
 
 from ._fake_trees import make_folder_set
 
@@ -31,16 +31,10 @@ def test_skipped_image_is_reported_against_the_carved_split_that_holds_it(tmp_pa
     assert len(test_set) == 6
     bad = test_set.samples[2].path
     bad.write_bytes(b"not an image")
-    backbone = TimmViT(
-        "vit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8,
-        model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2},
-    )  # fmt: skip
+    backbone = TimmViT(**tiny_timm_args(depth=1))
     model = CounterfactualFineTuner(backbone, distillation=[])
     out = tmp_path / "results"
-    trainer = pl.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[TestResultsReport(output_dir=str(out))], default_root_dir=tmp_path,
-    )  # fmt: skip
+    trainer = quiet_trainer(tmp_path, callbacks=[TestResultsReport(output_dir=str(out))])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.test(model, datamodule=dm, verbose=False)
