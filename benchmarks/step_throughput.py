@@ -118,12 +118,9 @@ METHODS: dict[str, tuple[Callable[[], dict[str, Any]], bool]] = {
 # Tiny models from cfmask.testing, larger than the unit tests' (more blocks, 4-px patches).
 _TINY_TIMM = tiny_timm_args(100, patch_size=4, depth=4, embed_dim=96, num_heads=3)
 _TINY_CLIP_CFG = tiny_clip_config(
-    embed_dim=64,
-    patch_size=4,
-    width=96,
-    layers=4,
-    context_length=16,
-    text_heads=1,
+    64,
+    vision={"patch_size": 4, "width": 96, "layers": 4},
+    text={"context_length": 16, "heads": 1},
     init_logit_scale=None,
 )
 # open_clip architectures benchmarked without weights (throughput does not depend on them).

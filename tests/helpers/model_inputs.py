@@ -26,11 +26,8 @@ def tiny_clip(tmp_path: Path, **overrides: Any) -> OpenCLIPViT:
         model_name="tiny",
         templates=["a photo of a {}."],
         embed_dim=16,
-        width=32,
-        head_width=16,
-        context_length=16,
-        text_width=16,
-        text_heads=1,
+        vision={"width": 32, "head_width": 16},
+        text={"context_length": 16, "width": 16, "heads": 1},
         init_logit_scale=None,
     )
     return OpenCLIPViT(**args, **overrides)
