@@ -33,17 +33,22 @@ def built_models(monkeypatch) -> list:
     return models
 
 
-def test_explicit_flag_is_kept_and_the_difference_is_listed(trained, tmp_path, built_models):
+def _test_with_another_threshold(ckpt_path: str, root: Path) -> None:
+    """``cfmask test`` from ``ckpt_path`` with a masker threshold the checkpoint lacks."""
     with pytest.warns(
         UserWarning,
         match=r"model\.masker\.init_args\.threshold: checkpoint 0\.3, configuration 0\.9",
     ):
         main(
             [
-                "test", "-c", TINY, f"--trainer.default_root_dir={tmp_path}",
-                "--model.masker.init_args.threshold=0.9", f"--ckpt_path={trained}",
+                "test", "-c", TINY, f"--trainer.default_root_dir={root}",
+                "--model.masker.init_args.threshold=0.9", f"--ckpt_path={ckpt_path}",
             ]
         )  # fmt: skip
+
+
+def test_explicit_flag_is_kept_and_the_difference_is_listed(trained, tmp_path, built_models):
+    _test_with_another_threshold(str(trained), tmp_path)
     assert built_models[0].masker.threshold == 0.9
 
 
@@ -56,19 +61,8 @@ def test_remote_checkpoint_is_reconciled_too(trained, tmp_path, built_models, mo
     www = tmp_path / "www"
     www.mkdir()
     shutil.copy(trained, www / "run.ckpt")
-    with (
-        serve_directory(www) as base,
-        pytest.warns(
-            UserWarning,
-            match=r"model\.masker\.init_args\.threshold: checkpoint 0\.3, configuration 0\.9",
-        ),
-    ):
-        main(
-            [
-                "test", "-c", TINY, f"--trainer.default_root_dir={tmp_path}",
-                "--model.masker.init_args.threshold=0.9", f"--ckpt_path={base}/run.ckpt",
-            ]
-        )  # fmt: skip
+    with serve_directory(www) as base:
+        _test_with_another_threshold(f"{base}/run.ckpt", tmp_path)
     assert built_models[0].masker.threshold == 0.9
 
 

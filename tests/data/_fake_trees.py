@@ -7,6 +7,10 @@ from pathlib import Path
 
 from PIL import Image
 
+# The ID test set and the five OOD sets, in the order of the paper's tables (and of the
+# datamodule's test loaders and `cfmask data check`).
+TEST_SETS = ("imagenet", "imagenet_v2", "imagenet_r", "imagenet_sketch", "objectnet", "imagenet_a")
+
 # ObjectNet fake: torch class index t <-> ILSVRC id (7 t + 3) mod 1000 (not the identity).
 OBJECTNET_FOLDERS = {
     "air_freshener": "Air freshener",

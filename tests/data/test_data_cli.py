@@ -10,19 +10,13 @@ import yaml
 
 from cfmask.data.cli import check_layout, data_command
 
+from ._fake_trees import TEST_SETS
+
 
 def test_check_layout_reports_every_set(data_root: Path) -> None:
     rep = check_layout(data_root)
     by = {s.name: s for s in rep.sets}
-    assert list(by) == [
-        "imagenet_train",
-        "imagenet",
-        "imagenet_v2",
-        "imagenet_r",
-        "imagenet_sketch",
-        "objectnet",
-        "imagenet_a",
-    ]
+    assert list(by) == ["imagenet_train", *TEST_SETS]
     assert rep.ok and set(rep.truncated) == set(by)
     assert by["imagenet_train"].images == 2000 and by["imagenet_train"].expected_images == 1_281_167
     assert by["imagenet_sketch"].path.endswith("sketch")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from _fake_trees import make_folder_set
+from _fake_trees import TEST_SETS, make_folder_set
 
 from cfmask.data import (
     DataLayoutError,
@@ -17,6 +18,7 @@ from cfmask.data import (
     imagenet_class_names,
     stratified_split,
 )
+from cfmask.data.imagenet import imagenet_r_wnids, imagenet_wnids
 
 pytestmark = pytest.mark.filterwarnings("ignore::cfmask.data.DataLayoutWarning")
 
@@ -63,14 +65,7 @@ def test_imagenet_ood_module(data_root: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dm.setup("test")
-    assert dm.test_set_names == [
-        "imagenet",
-        "imagenet_v2",
-        "imagenet_r",
-        "imagenet_sketch",
-        "objectnet",
-        "imagenet_a",
-    ]
+    assert dm.test_set_names == list(TEST_SETS)
     sets = dm.eval_sets
     assert [s.name for s in sets] == dm.test_set_names and sets[0].is_id
     assert sets[2].class_subset is not None and len(sets[2].class_subset) == 200
@@ -130,21 +125,17 @@ def test_cache_gives_identical_tensors(data_root: Path, tmp_path: Path) -> None:
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
-def test_corrupt_skip_in_loader(tmp_path: Path) -> None:
-    from cfmask.data.imagenet import imagenet_r_wnids
+def _imagenet_r_module(root: Path, r_ext: str = ".JPEG", **options: Any) -> ImageNetOODDataModule:
+    """Fake ImageNet val and ImageNet-R trees under ``root``, and a module testing on them."""
+    make_folder_set(root / "imagenet" / "val", imagenet_wnids())
+    make_folder_set(root / "imagenet-r", imagenet_r_wnids(), ext=r_ext)
+    return ImageNetOODDataModule(root=str(root), ood_sets=["imagenet_r"], num_workers=0, **options)
 
-    make_folder_set(tmp_path / "imagenet-r", imagenet_r_wnids())
-    make_folder_set(tmp_path / "imagenet" / "val", __import__("cfmask.data").data.imagenet_wnids())
+
+def test_corrupt_skip_in_loader(tmp_path: Path) -> None:
+    dm = _imagenet_r_module(tmp_path, image_size=8, eval_batch_size=256, skip_corrupt=True)
     bad = tmp_path / "imagenet-r" / imagenet_r_wnids()[0] / "zz.jpg"
     bad.write_bytes(b"garbage")
-    dm = ImageNetOODDataModule(
-        root=str(tmp_path),
-        ood_sets=["imagenet_r"],
-        num_workers=0,
-        image_size=8,
-        eval_batch_size=256,
-        skip_corrupt=True,
-    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dm.setup("test")
@@ -212,20 +203,12 @@ def test_image_folder_unknown_class(custom_root: Path) -> None:
 def test_test_only_run_with_cache_needs_no_train_folder(tmp_path: Path) -> None:
     from cfmask import CounterfactualFineTuner
     from cfmask.backbones import TimmViT
-    from cfmask.data.imagenet import imagenet_r_wnids, imagenet_wnids
     from cfmask.testing import quiet_trainer, tiny_timm_args
 
-    make_folder_set(tmp_path / "imagenet" / "val", imagenet_wnids())
-    make_folder_set(tmp_path / "imagenet-r", imagenet_r_wnids(), ext=".jpg")
-    assert not (tmp_path / "imagenet" / "train").exists()
-    dm = ImageNetOODDataModule(
-        root=str(tmp_path),
-        ood_sets=["imagenet_r"],
-        num_workers=0,
-        image_size=32,
-        eval_batch_size=500,
-        cache_dir=str(tmp_path / "cache"),
+    dm = _imagenet_r_module(
+        tmp_path, ".jpg", image_size=32, eval_batch_size=500, cache_dir=str(tmp_path / "cache")
     )
+    assert not (tmp_path / "imagenet" / "train").exists()
     backbone = TimmViT(**tiny_timm_args(1000, depth=1))
     trainer = quiet_trainer(tmp_path)
     trainer.test(CounterfactualFineTuner(backbone, distillation=[]), datamodule=dm, verbose=False)

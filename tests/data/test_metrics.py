@@ -11,17 +11,16 @@ import pytest
 import torch
 from rich.console import Console
 
-from cfmask.data import (
-    EvalSet,
+from cfmask.eval_sets import EvalSet
+from cfmask.metrics import (
     SubsetAccuracy,
     make_test_metrics,
     ood_average,
     project_logits,
     restrict_logits,
-    results_table,
     top1_correct,
-    write_results,
 )
+from cfmask.reporting import results_table, write_results
 
 
 def test_restrict_and_project() -> None:
