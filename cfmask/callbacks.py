@@ -297,16 +297,14 @@ class MaskQualityMonitor(pl.Callback):
         Raises:
             ValueError: If the masks do not match the images' ``(B, H, W)``.
         """
-        from cfmask.functional.patches import mask_overlap_rates, patch_mask_to_pixels
+        from cfmask.functional.patches import (
+            check_object_masks,
+            mask_overlap_rates,
+            patch_mask_to_pixels,
+        )
         from cfmask.relevance.attention import AttentionGradRelevance
 
-        expected = (images.shape[0], *images.shape[-2:])
-        if tuple(masks.shape) != expected:
-            raise ValueError(
-                f"object masks must be (B, H, W) = {expected} to match images of shape "
-                f"{tuple(images.shape)}, got {tuple(masks.shape)}; resize and crop the "
-                "masks exactly like the images."
-            )
+        check_object_masks(images, masks, type(self).__name__)
         relevance = self.relevance if self.relevance is not None else objective.relevance
         if relevance is None:
             self.relevance = relevance = AttentionGradRelevance()

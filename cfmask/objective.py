@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cfmask.backbones.base import VisionBackbone
-from cfmask.functional.patches import patch_coverage
+from cfmask.functional.patches import check_object_masks, patch_coverage
 from cfmask.losses import DistillationLoss, FeatureDistillationLoss
 from cfmask.masking.base import Counterfactual, Masker, Refiller
 from cfmask.relevance.base import RelevanceMap
@@ -359,13 +359,7 @@ class CounterfactualObjective(nn.Module):
                 "a datamodule whose batches are (images, targets, masks) with (B, H, W) "
                 "masks, or pass object_masks= to the objective."
             )
-        expected = (images.shape[0], *images.shape[-2:])
-        if tuple(object_masks.shape) != expected:
-            raise ValueError(
-                f"{owner} expected object masks of shape (B, H, W) = {expected} to match "
-                f"images of shape {tuple(images.shape)}, got {tuple(object_masks.shape)}; "
-                "resize and crop the masks exactly like the images."
-            )
+        check_object_masks(images, object_masks, owner)
         return patch_coverage(object_masks.to(images.device), self.student.patch_size)
 
     def _require_relevance(self) -> RelevanceMap:

@@ -146,3 +146,12 @@ def test_monitor_refuses_bad_arguments():
         MaskQualityMonitor(thresholds=(1.5,))
     with pytest.raises(ValueError, match="at least one"):
         MaskQualityMonitor(thresholds=())
+
+
+def test_monitor_refuses_masks_of_another_size(tiny_timm_config):
+    model = CounterfactualFineTuner(TimmViT(**tiny_timm_config))
+    images, targets = _images(2)
+    with pytest.raises(
+        ValueError, match=r"MaskQualityMonitor expected object masks .* \(2, 32, 32\)"
+    ):
+        MaskQualityMonitor().measure(model.objective, images, targets, torch.ones(2, 16, 16))

@@ -12,6 +12,7 @@ from cfmask.functional.masking import (
 )
 from cfmask.functional.patches import (
     check_grid,
+    check_object_masks,
     check_patch_mask,
     mask_overlap_rates,
     patch_coverage,
@@ -23,6 +24,7 @@ __all__: tuple[str, ...] = (
     "attention_grad_rollout",
     "attention_rollout",
     "check_grid",
+    "check_object_masks",
     "check_patch_mask",
     "keep_index_from_mask",
     "mask_overlap_rates",

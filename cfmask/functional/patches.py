@@ -19,6 +19,7 @@ from torch import Tensor
 
 __all__ = (
     "check_grid",
+    "check_object_masks",
     "check_patch_mask",
     "mask_overlap_rates",
     "patch_coverage",
@@ -93,6 +94,30 @@ def check_patch_mask(images: Tensor, mask: Tensor, patch_size: int) -> tuple[int
             f"(a {grid[0]}x{grid[1]} grid, row-major, prefix tokens excluded)."
         )
     return grid
+
+
+def check_object_masks(images: Tensor, object_masks: Tensor, owner: str) -> None:
+    """Check that object masks have the ``(B, H, W)`` of a ``(B, C, H, W)`` batch.
+
+    Args:
+        images: ``(B, C, H, W)`` batch.
+        object_masks: Masks that must be ``(B, H, W)``.
+        owner: Name of the component that needs the masks (for the message).
+
+    Raises:
+        ValueError: If the shapes differ; the message names both shapes and the fix.
+
+    Example:
+        >>> import torch
+        >>> check_object_masks(torch.zeros(2, 3, 8, 8), torch.zeros(2, 8, 8), "demo")
+    """
+    expected = (images.shape[0], *images.shape[-2:])
+    if tuple(object_masks.shape) != expected:
+        raise ValueError(
+            f"{owner} expected object masks of shape (B, H, W) = {expected} to match "
+            f"images of shape {tuple(images.shape)}, got {tuple(object_masks.shape)}; "
+            "resize and crop the masks exactly like the images."
+        )
 
 
 def patch_mask_to_pixels(mask: Tensor, grid: tuple[int, int], patch_size: int) -> Tensor:
