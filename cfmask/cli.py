@@ -41,7 +41,7 @@ from cfmask.commands import (
     run_command,
     suggest,
 )
-from cfmask.finetuner import CounterfactualFineTuner, _without_memory_options
+from cfmask.finetuner import CounterfactualFineTuner, without_memory_options
 from cfmask.head_setup import with_saved_class_names
 
 __all__ = (
@@ -248,7 +248,7 @@ def reconcile_model_config(
     for name in sorted(set(configured) | set(checkpoint)):
         mine, theirs = configured.get(name), checkpoint.get(name)
         if name == "backbone" and isinstance(mine, Mapping) and isinstance(theirs, Mapping):
-            mine, theirs = _without_memory_options(mine), _without_memory_options(theirs)
+            mine, theirs = without_memory_options(mine), without_memory_options(theirs)
             mine = with_saved_class_names(mine, theirs)
         if _normalise(mine) == _normalise(theirs):
             continue

@@ -155,7 +155,7 @@ def open_clip_state_dict(
         weights under a model name without ``-quickgelu``), so loading needs
         ``force_quick_gelu=True``.
     """
-    from cfmask.backbones.openclip_vit import _build_clip, _force_quick_gelu
+    from cfmask.backbones.openclip_vit import build_open_clip_model
 
     model_name = str(init_args.get("model_name", "ViT-B-32"))
     pretrained = init_args.get("pretrained")
@@ -166,8 +166,7 @@ def open_clip_state_dict(
             "a fresh random initialisation; only the image tower and head are trained",
             pretrained,
         )
-    quick_gelu = _force_quick_gelu(model_name, pretrained, model_cfg)
-    clip: Any = _build_clip(model_name, pretrained, model_cfg, quick_gelu)
+    clip, quick_gelu = build_open_clip_model(model_name, pretrained, model_cfg)
     visual = extract_prefixed(student, "visual.")
     head = extract_prefixed(student, "head.")
     if not visual or "weight" not in head:

@@ -47,7 +47,7 @@ from cfmask.validation import check_number
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ("CounterfactualFineTuner", "global_batch_mismatch")
+__all__ = ("CounterfactualFineTuner", "global_batch_mismatch", "without_memory_options")
 
 _COMPONENTS = ("backbone", "relevance", "masker", "refiller")
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
@@ -381,7 +381,7 @@ class CounterfactualFineTuner(pl.LightningModule):
         if (
             saved is not None
             and mine is not None
-            and _without_memory_options(saved) != _without_memory_options(mine)
+            and without_memory_options(saved) != without_memory_options(mine)
         ):
             raise ValueError(
                 "this checkpoint was trained with the backbone "
@@ -650,8 +650,23 @@ def global_batch_mismatch(
 _MEMORY_OPTIONS = ("grad_checkpointing",)
 
 
-def _without_memory_options(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A backbone config without options that change memory use but not the weights."""
+def without_memory_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A backbone config without options that change memory use but not the weights.
+
+    Used to compare a run's backbone with a checkpoint's: switching gradient
+    checkpointing on or off is not a different model.
+
+    Args:
+        config: ``{"class_path": ..., "init_args": {...}}`` of a backbone.
+
+    Returns:
+        A copy whose ``init_args`` lack ``grad_checkpointing``.
+
+    Example:
+        >>> without_memory_options({"class_path": "TimmViT",
+        ...     "init_args": {"depth": 2, "grad_checkpointing": True}})
+        {'class_path': 'TimmViT', 'init_args': {'depth': 2}}
+    """
     out = dict(config)
     init_args = out.get("init_args")
     if isinstance(init_args, Mapping):

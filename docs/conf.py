@@ -189,7 +189,7 @@ def _is_external(head: str) -> bool:
 
 
 def _public_bases(app: Any, name: str, obj: Any, options: Any, bases: list[type]) -> None:
-    # Show a private base class (``_ImageDataModule``) as its own public bases.
+    # Show a private cfmask base class as its own public bases.
     i = 0
     while i < len(bases):
         base = bases[i]

@@ -24,7 +24,12 @@ from cfmask.clip_text import class_embeddings, default_templates
 from cfmask.clip_text import encode_text_truncated as encode_text_truncated  # older import path
 from cfmask.heads import ZeroShotHead
 
-__all__ = ("CLASS_NAMES_FROM_DATAMODULE", "OpenCLIPViT", "default_templates")
+__all__ = (
+    "CLASS_NAMES_FROM_DATAMODULE",
+    "OpenCLIPViT",
+    "build_open_clip_model",
+    "default_templates",
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +136,7 @@ class OpenCLIPViT(VisionBackbone):
         self.text_cache_dir = text_cache_dir
         self.grad_checkpointing = bool(grad_checkpointing)
 
-        quick_gelu = _force_quick_gelu(model_name, pretrained, model_cfg)
-        clip: Any = _build_clip(model_name, pretrained, model_cfg, quick_gelu)
+        clip, quick_gelu = build_open_clip_model(model_name, pretrained, model_cfg)
         visual: Any = clip.visual
         missing = [
             a
@@ -495,6 +499,30 @@ def _force_quick_gelu(
         model_name,
     )
     return True
+
+
+def build_open_clip_model(
+    model_name: str, pretrained: str | None, model_cfg: dict[str, Any] | None
+) -> tuple[Any, bool]:
+    """Build the full open_clip model the adapter wraps, exactly as :class:`OpenCLIPViT` does.
+
+    Args:
+        model_name: open_clip architecture name (e.g. ``"ViT-B-32"``).
+        pretrained: open_clip tag, local checkpoint path, or ``None`` (random weights).
+        model_cfg: Explicit model config instead of the named architecture.
+
+    Returns:
+        ``(clip, quick_gelu_forced)``: the CPU fp32 model and whether QuickGELU was
+        forced on because the weights look like OpenAI's under a name without
+        ``-quickgelu``.
+
+    Raises:
+        FileNotFoundError: For a weights path that does not exist.
+        ValueError: For OpenAI weights with ``model_cfg`` setting ``quick_gelu=False``.
+        RuntimeError: When open_clip cannot build the model (e.g. a hub tag offline).
+    """
+    quick_gelu = _force_quick_gelu(model_name, pretrained, model_cfg)
+    return _build_clip(model_name, pretrained, model_cfg, quick_gelu), quick_gelu
 
 
 def _build_clip(

@@ -48,8 +48,17 @@ def loader_config_from(arguments: Mapping[str, Any]) -> LoaderConfig:
     return LoaderConfig(**{name: arguments[name] for name in names})
 
 
-class _ImageDataModule(LightningDataModule):
-    """Loader policy, caching and eval-set bookkeeping shared by both datamodules."""
+class ImageDataModuleBase(LightningDataModule):
+    """Base of cfmask's image datamodules: loaders, caching and evaluation-set bookkeeping.
+
+    :class:`~cfmask.data.ImageNetOODDataModule` and
+    :class:`~cfmask.data.ImageFolderDataModule` derive from it; a subclass builds
+    its splits in ``setup`` and names its ID set in ``id_name``.
+
+    Args:
+        loader_config: Batch size, workers, image size, interpolation, augmentation
+            and caching (see :class:`~cfmask.data.LoaderConfig`).
+    """
 
     id_name: str
 

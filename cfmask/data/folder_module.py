@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from cfmask.data.base import _ImageDataModule, loader_config_from
+from cfmask.data.base import ImageDataModuleBase, loader_config_from
 from cfmask.data.folder import (
     DataLayoutError,
     DataLayoutWarning,
@@ -172,7 +172,7 @@ def _check_masks(sets: Sequence[FolderImageDataset], masks_root: Path) -> None:
         )
 
 
-class ImageFolderDataModule(_ImageDataModule):
+class ImageFolderDataModule(ImageDataModuleBase):
     """A user's own ID dataset in class folders, plus any number of named OOD folders.
 
     Layout: ``root/train/<class>/…`` with optional ``root/val`` (or ``valid``,

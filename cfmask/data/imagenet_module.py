@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cfmask.data.base import _ImageDataModule, loader_config_from
+from cfmask.data.base import ImageDataModuleBase, loader_config_from
 from cfmask.data.folder import FolderImageDataset
 from cfmask.data.imagenet import ImageNet, imagenet_class_names
 from cfmask.data.ood import ImageNetA, ImageNetR, ImageNetSketch, ImageNetV2, ObjectNet
@@ -23,7 +23,7 @@ from cfmask.data.splits import carve_subset, stratified_split
 __all__ = ("ImageNetOODDataModule",)
 
 
-class ImageNetOODDataModule(_ImageDataModule):
+class ImageNetOODDataModule(ImageDataModuleBase):
     """ImageNet fine-tuning data with the five distribution-shift test sets.
 
     * train: ImageNet train minus a stratified, seeded held-out split of
