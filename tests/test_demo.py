@@ -295,6 +295,13 @@ def test_tiny_demo_run_writes_every_output(tmp_path: Path, no_system_data: None)
     # never all of them.
     for r in results["methods"]["object-exact-single"]["seeds"]:
         assert 0.0 < r["mask_fraction"] < 1.0
+    # Exact minus CAM object mask, paired by seed, recomputed from the per-seed numbers.
+    exact_ids = [r["id"] for r in results["methods"]["object-exact-single"]["seeds"]]
+    cam_ids = [r["id"] for r in results["methods"]["object-single"]["seeds"]]
+    gap = results["exact_minus_cam_object"]["id"]
+    assert gap["n"] == 2
+    assert gap["mean"] == pytest.approx((sum(exact_ids) - sum(cam_ids)) / 2, abs=1e-3)
+    assert "Exact mask minus CAM object mask" in (out / "results.md").read_text()
     rows = results["mask_quality"]["rows"]
     assert [r["threshold"] for r in rows] == [0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
     for r in rows:

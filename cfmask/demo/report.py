@@ -22,6 +22,7 @@ __all__ = (
     "MethodResult",
     "aggregate",
     "delta_table",
+    "format_interval",
     "ood_avg",
     "regime_table",
     "mask_quality_table",
@@ -400,7 +401,13 @@ def _md_stat(stat: Mapping[str, Any] | None) -> str:
     return text
 
 
-def _md_iv(iv: Mapping[str, Any]) -> str:
+def format_interval(iv: Mapping[str, Any]) -> str:
+    """``"+0.58 [+0.12, +1.04]"`` from an interval's dict (just the mean without a CI).
+
+    Example:
+        >>> format_interval({"mean": 0.5, "ci95_low": -0.25, "ci95_high": 1.0})
+        '+0.50 [-0.25, +1.00]'
+    """
     if iv["ci95_low"] is None:
         return f"{iv['mean']:+.2f}"
     return f"{iv['mean']:+.2f} [{iv['ci95_low']:+.2f}, {iv['ci95_high']:+.2f}]"
@@ -442,8 +449,8 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
     for b, deltas in tables:
         for key, d in deltas.items():
             lines.append(
-                f"| {b} | {labels.get(key, key)} | {_md_iv(d['id'])} | "
-                f"{_md_iv(d['ood_avg'])} | {d['id']['n']} |"
+                f"| {b} | {labels.get(key, key)} | {format_interval(d['id'])} | "
+                f"{format_interval(d['ood_avg'])} | {d['id']['n']} |"
             )
     rows = payload["mask_quality"]["rows"]
     if rows:
@@ -454,4 +461,11 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
     lines += ["", payload["headline"], ""]
     if payload.get("headline_exact_mask"):
         lines += ["Ceiling: " + payload["headline_exact_mask"], ""]
+    gap = payload.get("exact_minus_cam_object")
+    if gap:
+        lines += [
+            f"Exact mask minus CAM object mask: OOD avg {format_interval(gap['ood_avg'])}, "
+            f"ID {format_interval(gap['id'])}",
+            "",
+        ]
     return "\n".join(lines)
