@@ -314,6 +314,30 @@ def test_tiny_demo_run_writes_every_output(tmp_path: Path, no_system_data: None)
     assert payload["methods"].keys() == results["methods"].keys()
 
 
+def test_beta_grid_compares_every_masker_at_every_beta(
+    tmp_path: Path, no_system_data: None
+) -> None:
+    """``--beta-grid``: FD and every masker, the exact-mask row included, at each beta."""
+    _fake_fashion(tmp_path / "data", n_train=260, n_test=120)
+    weights = _tiny_weights(tmp_path, tmp_path / "data")
+    results = run_demo(
+        _tiny_profile(),
+        tmp_path / "out",
+        tmp_path / "data",
+        allow_install=False,
+        weights=weights,
+        beta_grid=True,
+    )
+    by_beta = results["delta_vs_fd_by_beta"]
+    assert set(by_beta) == {"1", "3"}
+    masked = {"object-single", "context-single", "random-single", "object-exact-single"}
+    for deltas in by_beta.values():
+        assert set(deltas) == masked
+        for d in deltas.values():
+            assert d["ood_avg"]["n"] == 2 and d["ood_avg"]["ci95_low"] is not None
+    assert by_beta[f"{results['selection']['beta']:g}"] == results["delta_vs_fd"]
+
+
 def test_weights_of_another_pool_are_refused(tmp_path: Path, no_system_data: None) -> None:
     _fake_fashion(tmp_path / "data", n_train=260, n_test=120)
     weights = _tiny_weights(tmp_path, tmp_path / "data")
