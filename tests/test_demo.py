@@ -298,10 +298,12 @@ def test_tiny_demo_run_writes_every_output(tmp_path: Path, no_system_data: None)
     # Exact minus CAM object mask, paired by seed, recomputed from the per-seed numbers.
     exact_ids = [r["id"] for r in results["methods"]["object-exact-single"]["seeds"]]
     cam_ids = [r["id"] for r in results["methods"]["object-single"]["seeds"]]
-    gap = results["exact_minus_cam_object"]["id"]
+    gap = results["exact_mask_minus"]["object-single"]["id"]
     assert gap["n"] == 2
     assert gap["mean"] == pytest.approx((sum(exact_ids) - sum(cam_ids)) / 2, abs=1e-3)
-    assert "Exact mask minus CAM object mask" in (out / "results.md").read_text()
+    assert set(results["exact_mask_minus"]) == {"object-single", "random-single"}
+    md = (out / "results.md").read_text()
+    assert "Exact mask minus object/single" in md and "Exact mask minus random/single" in md
     rows = results["mask_quality"]["rows"]
     assert [r["threshold"] for r in rows] == [0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
     for r in rows:

@@ -461,11 +461,10 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
     lines += ["", payload["headline"], ""]
     if payload.get("headline_exact_mask"):
         lines += ["Ceiling: " + payload["headline_exact_mask"], ""]
-    gap = payload.get("exact_minus_cam_object")
-    if gap:
+    for key, gap in payload.get("exact_mask_minus", {}).items():
         lines += [
-            f"Exact mask minus CAM object mask: OOD avg {format_interval(gap['ood_avg'])}, "
-            f"ID {format_interval(gap['id'])}",
+            f"Exact mask minus {labels.get(key, key)}: OOD avg "
+            f"{format_interval(gap['ood_avg'])}, ID {format_interval(gap['id'])}",
             "",
         ]
     return "\n".join(lines)
