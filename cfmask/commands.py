@@ -52,6 +52,8 @@ class Command:
         raw: Runs the command on the raw argument list, for commands that parse
             their own arguments (``cfmask data``).
         renamed: Deprecated option spellings and their replacements.
+        subcommands: Words that may follow the command name, each with the runner
+            that takes the arguments after it (``cfmask demo pretrain ...``).
     """
 
     name: str
@@ -60,6 +62,7 @@ class Command:
     run: Callable[[Namespace, ArgumentParser], int] | None = None
     raw: Callable[[list[str]], int] | None = None
     renamed: tuple[tuple[str, str], ...] = ()
+    subcommands: tuple[tuple[str, Callable[[list[str]], int]], ...] = ()
 
 
 class UnknownCommandError(ValueError):
@@ -327,6 +330,13 @@ def _run_demo(ns: Namespace, parser: ArgumentParser) -> int:
     return demo_main(argv)
 
 
+def _run_demo_pretrain(argv: list[str]) -> int:
+    """``cfmask demo pretrain --output FILE``: retrain the demo's pre-trained model."""
+    from cfmask.demo import main as demo_main
+
+    return demo_main(["pretrain", *argv])
+
+
 # ---------------------------------------------------------------------- data
 def _data_parser() -> ArgumentParser:
     parser = ArgumentParser(
@@ -369,7 +379,13 @@ COMMANDS: dict[str, Command] = {
             _plot_parser,
             _run_plot,
         ),
-        Command("demo", "The offline Shifted Fashion-MNIST benchmark", _demo_parser, _run_demo),
+        Command(
+            "demo",
+            "The offline Shifted Fashion-MNIST benchmark",
+            _demo_parser,
+            _run_demo,
+            subcommands=(("pretrain", _run_demo_pretrain),),
+        ),
         Command("data", "Dataset tools: cfmask data check", _data_parser, raw=_run_data),
     )
 }
@@ -440,6 +456,9 @@ def run_command(name: str, argv: Sequence[str]) -> int:
     if name not in COMMANDS:
         raise UnknownCommandError(suggest(name))
     command = COMMANDS[name]
+    for word, runner in command.subcommands:
+        if list(argv[:1]) == [word]:
+            return runner(list(argv[1:]))
     if command.raw is not None:
         return command.raw(list(argv))
     assert command.run is not None

@@ -440,3 +440,24 @@ def test_quick_profile_matches_the_stored_reference(tmp_path: Path) -> None:
         f"{ref_env['threads']} thread(s); this run: torch {env['torch']}, "
         f"{env['cpu_capability']}, {env['threads']} thread(s)):\n" + "\n".join(moved)
     )
+
+
+def test_cfmask_demo_pretrain_command_writes_weights_with_their_recipe(
+    tmp_path: Path, no_system_data: None
+) -> None:
+    """``cfmask demo pretrain`` (the documented way to retrain the shipped model) runs."""
+    from cfmask.cli import main as cfmask_main
+
+    # It reports its figures on the default benchmark: 5 000 garments outside the pool
+    # and 2 000 per test set.
+    _fake_fashion(tmp_path / "data", n_train=5064, n_test=2000)
+    out = tmp_path / "w" / "pre.safetensors"
+    argv = ["demo", "pretrain", "--output", str(out), "--data-dir", str(tmp_path / "data")]
+    argv += ["--pool-size", "64", "--epochs", "1", "--width", "16", "--depth", "1"]
+    assert cfmask_main([*argv, "--no-install"]) == 0
+    recipe = verify_pretrained(out)
+    assert recipe.pretrain.epochs == 1 and recipe.pretrain.pool.n_images == 64
+    assert recipe.model.model_kwargs["embed_dim"] == 16
+    with pytest.raises(SystemExit) as err:
+        cfmask_main(["demo", "pretrain", "--epochs", "1"])  # --output is required
+    assert err.value.code == 2
