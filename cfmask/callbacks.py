@@ -324,10 +324,10 @@ class MaskQualityMonitor(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the running averages since the start of training."""
-        sums = trainer.strategy.reduce(self.sums.clone(), reduce_op="sum")
-        count = trainer.strategy.reduce(
-            torch.tensor(float(self.count), dtype=torch.float64), reduce_op="sum"
-        )
+        # One tensor, on the module's device (NCCL reduces device tensors only).
+        totals = torch.cat([self.sums.flatten(), self.sums.new_tensor([self.count])])
+        totals = trainer.strategy.reduce(totals.to(pl_module.device), reduce_op="sum").cpu()
+        sums, count = totals[:-1].reshape(self.sums.shape), totals[-1]
         if float(count) == 0:
             return
         means = (sums / count).float()
