@@ -8,9 +8,6 @@ process on the union of both ranks' batches.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from cfmask.backbones.timm_vit import TimmViT
 from cfmask.finetuner import CounterfactualFineTuner
 from cfmask.testing import tiny_timm_args
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers.ddp_script import run_script
 
 _DDP_SCRIPT = textwrap.dedent(
     """
@@ -78,18 +75,7 @@ _DDP_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_single_process_full_batch(tmp_path: Path) -> None:
-    script = tmp_path / "ddp_fit.py"
-    script.write_text(_DDP_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_script(_DDP_SCRIPT, tmp_path, "2")
 
     init = torch.load(tmp_path / "init_0.pt")
     init_1 = torch.load(tmp_path / "init_1.pt")

@@ -7,16 +7,13 @@ wrote to disk.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers.ddp_script import run_script
 
 _SCRIPT = textwrap.dedent(
     """
@@ -64,18 +61,7 @@ _SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_logged_mask_quality_pools_both_ranks(tmp_path: Path) -> None:
-    script = tmp_path / "ddp_monitor.py"
-    script.write_text(_SCRIPT)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_script(_SCRIPT, tmp_path)
     (sums0, n0, logged), (sums1, n1, _) = (torch.load(tmp_path / f"rank_{r}.pt") for r in (0, 1))
     assert n0 == n1 == 8  # each rank measured its own 8 of the 16 images
     assert not torch.equal(sums0, sums1)
