@@ -244,6 +244,7 @@ class MaskQualityMonitor(pl.Callback):
         self.maskers = {float(t): ObjectMasker(threshold=float(t)) for t in thresholds}
         self.every_n_batches = every_n_batches
         self.relevance = relevance
+        self._fallback: RelevanceMap | None = None
         #: ``(T, 3)`` sums of the per-image measures, per threshold (sorted as given).
         self.sums = torch.zeros(len(self.maskers), len(MASK_QUALITY_MEASURES), dtype=torch.float64)
         #: Images measured (with object pixels).
@@ -273,7 +274,6 @@ class MaskQualityMonitor(pl.Callback):
             )
         self.measure(pl_module.objective, batch[0], batch[1], batch[2])
 
-    @torch.no_grad()
     def _accumulate(self, rates: Tensor) -> None:
         keep = ~rates[:, :, 1].isnan().any(0)
         self.sums += rates[:, keep].sum(1).cpu()
@@ -306,8 +306,8 @@ class MaskQualityMonitor(pl.Callback):
 
         check_object_masks(images, masks, type(self).__name__)
         relevance = self.relevance if self.relevance is not None else objective.relevance
-        if relevance is None:
-            self.relevance = relevance = AttentionGradRelevance()
+        if relevance is None:  # a run without a relevance map: measure the default CAM
+            relevance = self._fallback = self._fallback or AttentionGradRelevance()
         student = objective.student
         with torch.enable_grad():
             scores = objective.relevance_scores(images, targets, relevance=relevance).detach()

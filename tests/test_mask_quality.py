@@ -155,3 +155,20 @@ def test_monitor_refuses_masks_of_another_size(tiny_timm_config):
         ValueError, match=r"MaskQualityMonitor expected object masks .* \(2, 32, 32\)"
     ):
         MaskQualityMonitor().measure(model.objective, images, targets, torch.ones(2, 16, 16))
+
+
+def test_default_relevance_does_not_replace_a_later_modules_own_map(tiny_timm_config):
+    from cfmask.masking import ObjectMasker
+
+    images, targets = _images(2)
+    objects = torch.zeros(2, 32, 32, dtype=torch.bool)
+    objects[:, 16:] = True
+    monitor = MaskQualityMonitor(thresholds=(0.5,))
+    plain = CounterfactualFineTuner(TimmViT(**tiny_timm_config))  # no relevance map
+    monitor.measure(plain.objective, images, targets, objects)
+    assert monitor.relevance is None
+    ramp = CounterfactualFineTuner(
+        TimmViT(**tiny_timm_config), masker=ObjectMasker(0.5), relevance=RampRelevance()
+    )
+    rates = monitor.measure(ramp.objective, images, targets, objects)
+    torch.testing.assert_close(rates[0, :, 0], torch.full((2,), 0.5, dtype=torch.float64))
