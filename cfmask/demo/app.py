@@ -8,8 +8,10 @@ The protocol, fixed before any masking run is looked at (see ``docs/demo.md``):
    fixed by :data:`cfmask.demo.stats.BETA_RULE` on ID validation accuracy.
 3. Seed 0, at that beta: the CAM object threshold, the CAM context threshold and the
    random masking rate are each picked from their grid by ID validation accuracy.
-4. Every seed: vanilla (and its WiSE-FT curve), FD, KD and the three maskers with the
-   single-image fill, all paired on the same seeds.
+4. Every seed: vanilla (and its WiSE-FT curve), FD, KD, the three maskers with the
+   single-image fill and the exact-mask ceiling (``SegmentationMasker`` on the
+   garments' true masks, coverage fixed at ``FineTuneConfig.exact_min_coverage``),
+   all paired on the same seeds.
 5. The regime checks R1-R4 read zero-shot, vanilla, WiSE-FT 0.5 and FD only; every
    masking variant is compared with FD at the same beta and seed (mean and 95 %
    t-interval of the paired differences).
