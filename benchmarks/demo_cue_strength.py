@@ -29,11 +29,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def probe(cue: float) -> dict[str, Any]:
     """Run vanilla, WiSE-FT and FD at one cue strength and evaluate R1-R4."""
-    from cfmask.demo import report
-    from cfmask.demo.data import build_benchmark, load_fashion_mnist
-    from cfmask.demo.pretrained import SHIPPED_WEIGHTS
-    from cfmask.demo.runner import PROFILES, Job, JobRunner, fd_method, vanilla_method
-    from cfmask.demo.stats import choose_beta, regime_checks
+    from cfmask.demo import (
+        PROFILES,
+        SHIPPED_WEIGHTS,
+        Job,
+        JobRunner,
+        build_benchmark,
+        choose_beta,
+        fd_method,
+        load_fashion_mnist,
+        ood_avg,
+        regime_checks,
+        vanilla_method,
+    )
 
     base = PROFILES["default"]
     bench_config = dataclasses.replace(base.bench, n_test=1000, cue_strength=cue)
@@ -52,7 +60,7 @@ def probe(cue: float) -> dict[str, Any]:
     beta, _ = choose_beta(vanilla["val"], {b: r["val"] for b, r in fd.items() if r})
 
     def pair(result: Any) -> tuple[float, float]:
-        return (round(result["id"], 2), round(report.ood_avg(result, ood), 2))
+        return (round(result["id"], 2), round(ood_avg(result, ood), 2))
 
     checks = regime_checks(pair(zero_shot), pair(vanilla), pair(wise), pair(fd[beta]))
     return {

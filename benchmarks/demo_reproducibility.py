@@ -37,9 +37,16 @@ def _worker(threads: int, seed: int) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from cfmask.demo.data import build_benchmark, load_fashion_mnist
-    from cfmask.demo.pretrained import SHIPPED_WEIGHTS
-    from cfmask.demo.runner import PROFILES, Job, JobRunner, fd_method, vanilla_method
+    from cfmask.demo import (
+        PROFILES,
+        SHIPPED_WEIGHTS,
+        Job,
+        JobRunner,
+        build_benchmark,
+        fd_method,
+        load_fashion_mnist,
+        vanilla_method,
+    )
 
     profile = PROFILES["quick"]
     profile = dataclasses.replace(

@@ -1,6 +1,6 @@
 """Training-step throughput of every fine-tuning method, measured side by side.
 
-For each model and method, builds a :class:`~cfmask.objective.CounterfactualObjective`
+For each model and method, builds a :class:`~cfmask.training.objective.CounterfactualObjective`
 (the loss the fine-tuner trains with) and times optimisation steps on one fixed random
 batch already on the device: the objective's forward (relevance pass, masking,
 refilling, teacher and student passes), ``backward`` of its total loss, global-norm
@@ -70,9 +70,9 @@ from cfmask.backbones.openclip_vit import OpenCLIPViT
 from cfmask.backbones.timm_vit import TimmViT
 from cfmask.masking.maskers import ObjectMasker, RandomMasker
 from cfmask.masking.refillers import MultiImageRefiller, SingleImageRefiller, TokenDropRefiller
-from cfmask.objective import CounterfactualObjective
 from cfmask.relevance.attention import AttentionGradRelevance
 from cfmask.testing import tiny_clip_config, tiny_timm_args
+from cfmask.training.objective import CounterfactualObjective
 
 __all__ = ("METHODS", "MODELS", "Result", "main", "run_benchmark")
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cfmask._lazy import lazy_attributes
+from cfmask import _compat
+from cfmask.core.lazy import lazy_attributes
 
 if TYPE_CHECKING:
-    from cfmask.components import Component
-    from cfmask.finetuner import CounterfactualFineTuner
+    from cfmask.core.components import Component
     from cfmask.losses import DistillationLoss, FeatureDistillationLoss, LogitDistillationLoss
-    from cfmask.objective import CounterfactualObjective, ObjectiveResult
+    from cfmask.training.finetuner import CounterfactualFineTuner
+    from cfmask.training.objective import CounterfactualObjective, ObjectiveResult
 
 #: The version number: its single source (pyproject.toml reads it from here).
 __version__ = "0.1.0"
@@ -36,14 +37,16 @@ __all__ = (
 
 #: Public name → the module that defines it (imported on first access).
 _PUBLIC_MODULES = {
-    "Component": "cfmask.components",
-    "CounterfactualFineTuner": "cfmask.finetuner",
-    "CounterfactualObjective": "cfmask.objective",
+    "Component": "cfmask.core.components",
+    "CounterfactualFineTuner": "cfmask.training.finetuner",
+    "CounterfactualObjective": "cfmask.training.objective",
     "DistillationLoss": "cfmask.losses",
     "FeatureDistillationLoss": "cfmask.losses",
     "LogitDistillationLoss": "cfmask.losses",
-    "ObjectiveResult": "cfmask.objective",
+    "ObjectiveResult": "cfmask.training.objective",
 }
 
+
+_compat.install()
 
 __getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC_MODULES, lambda: globals())

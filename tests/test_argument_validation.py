@@ -8,10 +8,10 @@ import pytest
 
 from cfmask import CounterfactualFineTuner
 from cfmask.backbones import TimmViT
+from cfmask.core.validation import check_number
 from cfmask.losses import FeatureDistillationLoss, LogitDistillationLoss
 from cfmask.masking import RandomMasker
 from cfmask.testing import tiny_timm_args
-from cfmask.validation import check_number
 
 NAN, INF = math.nan, math.inf
 

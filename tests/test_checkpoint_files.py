@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cfmask.cli import main
-from cfmask.finetuner import CounterfactualFineTuner
+from cfmask.training.finetuner import CounterfactualFineTuner
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "conf" / "tiny_fit.yaml")

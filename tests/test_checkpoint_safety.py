@@ -11,10 +11,10 @@ import torch
 
 from cfmask import CounterfactualFineTuner
 from cfmask.backbones import TimmViT
-from cfmask.checkpoints import SafeCheckpointIO, UnsafeCheckpointError
 from cfmask.cli import main
-from cfmask.synthetic import SyntheticDataModule
+from cfmask.data.synthetic import SyntheticDataModule
 from cfmask.testing import quiet_trainer, tiny_timm_args
+from cfmask.training.checkpoints import SafeCheckpointIO, UnsafeCheckpointError
 
 from .helpers.loopback import serve_directory
 

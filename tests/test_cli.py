@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from cfmask import cli
 from cfmask.cli import main
-from cfmask.finetuner import CounterfactualFineTuner
+from cfmask.cli import plugins as cli
+from cfmask.training.finetuner import CounterfactualFineTuner
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "conf" / "tiny_fit.yaml")

@@ -10,10 +10,10 @@ import torch
 import yaml
 
 import cfmask
-from cfmask import CounterfactualFineTuner, commands
+from cfmask import CounterfactualFineTuner
 from cfmask.backbones import TimmViT
-from cfmask.cli import main
-from cfmask.synthetic import SyntheticDataModule
+from cfmask.cli import commands, main
+from cfmask.data.synthetic import SyntheticDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "conf" / "tiny_fit.yaml")

@@ -79,7 +79,7 @@ def test_finetuner_hparams_rebuild_through_the_cli_instantiator(tiny_timm_config
 def test_resuming_a_run_continues_it(tiny_timm_config, tmp_path):
     import lightning.pytorch as pl
 
-    from cfmask.synthetic import SyntheticDataModule
+    from cfmask.data.synthetic import SyntheticDataModule
 
     def trainer(steps: int) -> pl.Trainer:
         return quiet_trainer(tmp_path, max_steps=steps)

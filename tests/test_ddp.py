@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from cfmask.backbones.timm_vit import TimmViT
-from cfmask.finetuner import CounterfactualFineTuner
 from cfmask.testing import tiny_timm_args
+from cfmask.training.finetuner import CounterfactualFineTuner
 
 from .helpers.ddp_script import run_script
 
@@ -28,8 +28,8 @@ _DDP_SCRIPT = textwrap.dedent(
     import torch
 
     from cfmask.backbones.timm_vit import TimmViT
-    from cfmask.finetuner import CounterfactualFineTuner
-    from cfmask.synthetic import SyntheticDataModule
+    from cfmask.training.finetuner import CounterfactualFineTuner
+    from cfmask.data.synthetic import SyntheticDataModule
     from cfmask.testing import quiet_trainer, tiny_timm_args
 
     out, devices = sys.argv[1], int(sys.argv[2])

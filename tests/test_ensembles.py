@@ -10,7 +10,7 @@ import torch
 from cfmask import CounterfactualFineTuner
 from cfmask.backbones import TimmViT
 from cfmask.cli import main
-from cfmask.ensembles import (
+from cfmask.weightspace.ensembles import (
     RandomInitError,
     alpha_label,
     check_alphas,

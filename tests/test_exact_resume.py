@@ -10,10 +10,10 @@ import torch
 
 from cfmask import CounterfactualFineTuner
 from cfmask.backbones import TimmViT
-from cfmask.checkpoints import LastAndBestCheckpoint
+from cfmask.data.synthetic import SyntheticDataModule
 from cfmask.masking import RandomMasker, SingleImageRefiller
-from cfmask.synthetic import SyntheticDataModule
 from cfmask.testing import quiet_trainer, tiny_timm_args
+from cfmask.training.checkpoints import LastAndBestCheckpoint
 
 STEPS_PER_EPOCH = 3  # 12 training images in batches of 4
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from cfmask import CounterfactualFineTuner
 from cfmask.backbones import OpenCLIPViT, TimmViT
 from cfmask.cli import main
-from cfmask.export import export_checkpoint
+from cfmask.weightspace.export import export_checkpoint
 
 
 def _save(model: CounterfactualFineTuner, path: Path) -> Path:

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import Tensor
 
-from cfmask.finetuner import CounterfactualFineTuner, warmup_cosine_factor
+from cfmask.data.synthetic import SyntheticDataModule
 from cfmask.losses import FeatureDistillationLoss, LogitDistillationLoss
 from cfmask.masking.maskers import ObjectMasker, RandomMasker
 from cfmask.masking.refillers import MultiImageRefiller
-from cfmask.synthetic import SyntheticDataModule
 from cfmask.testing import quiet_trainer, tiny_timm_args
+from cfmask.training.finetuner import CounterfactualFineTuner, warmup_cosine_factor
 
 from .helpers.model_inputs import fixed_batch as _batch
 from .helpers.model_inputs import perturb as _perturb

@@ -17,7 +17,6 @@ import torch
 from cfmask.backbones.base import VisionBackbone
 from cfmask.backbones.openclip_vit import OpenCLIPViT
 from cfmask.backbones.timm_vit import TimmViT
-from cfmask.finetuner import CounterfactualFineTuner
 from cfmask.masking.maskers import ObjectMasker, RandomMasker
 from cfmask.masking.refillers import (
     AttentionMaskRefiller,
@@ -25,6 +24,7 @@ from cfmask.masking.refillers import (
     TokenDropRefiller,
 )
 from cfmask.relevance.attention import AttentionGradRelevance
+from cfmask.training.finetuner import CounterfactualFineTuner
 
 from .helpers.model_inputs import (
     assert_same_loss_and_grads,

@@ -1,4 +1,4 @@
-"""cfmask.head_setup: deferred zero-shot heads built for an objective, without a LightningModule."""
+"""cfmask.training.head_setup: deferred zero-shot heads for an objective, no LightningModule."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from cfmask.backbones import OpenCLIPViT, TimmViT
-from cfmask.head_setup import build_deferred_heads, datamodule_class_names
 from cfmask.losses import FeatureDistillationLoss
-from cfmask.objective import CounterfactualObjective
+from cfmask.training.head_setup import build_deferred_heads, datamodule_class_names
+from cfmask.training.objective import CounterfactualObjective
 
 
 def _fake_trainer(rank: int, received: torch.Tensor | None, sent: list[Any]) -> Any:

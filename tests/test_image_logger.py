@@ -12,13 +12,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from cfmask import CounterfactualFineTuner
-from cfmask import callbacks as cb
 from cfmask.backbones import TimmViT
+from cfmask.data.synthetic import SyntheticDataModule
 from cfmask.masking import ObjectMasker, SingleImageRefiller, TokenDropRefiller
 from cfmask.masking.base import Counterfactual
-from cfmask.synthetic import SyntheticDataModule
 from cfmask.testing import quiet_trainer
-from cfmask.visualization import MASK_TINT, counterfactual_grid
+from cfmask.training import callbacks as cb
+from cfmask.training.visualization import MASK_TINT, counterfactual_grid
 
 
 def _cell(grid, row, col, size=16, pad=2):

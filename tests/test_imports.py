@@ -16,7 +16,7 @@ def _loaded_after(statement: str, modules: tuple[str, ...]) -> list[str]:
 
 @pytest.mark.parametrize("statement", ["import cfmask.data", "import cfmask.masking"])
 def test_light_packages_do_not_import_model_libraries(statement):
-    loaded = _loaded_after(statement, ("open_clip", "timm", "cfmask.finetuner"))
+    loaded = _loaded_after(statement, ("open_clip", "timm", "cfmask.training.finetuner"))
     assert loaded == [], f"{statement!r} imported {loaded}"
 
 
@@ -25,8 +25,8 @@ def test_lazy_top_level_names_resolve_to_their_classes():
     from cfmask.backbones import OpenCLIPViT, TimmViT
     from cfmask.backbones.openclip_vit import OpenCLIPViT as DirectOpenCLIP
     from cfmask.backbones.timm_vit import TimmViT as DirectTimm
-    from cfmask.finetuner import CounterfactualFineTuner
-    from cfmask.objective import CounterfactualObjective, ObjectiveResult
+    from cfmask.training.finetuner import CounterfactualFineTuner
+    from cfmask.training.objective import CounterfactualObjective, ObjectiveResult
 
     assert cfmask.CounterfactualFineTuner is CounterfactualFineTuner
     assert cfmask.CounterfactualObjective is CounterfactualObjective
@@ -55,8 +55,8 @@ def test_datamodule_module_keeps_its_names():
 
 
 def test_clip_text_names_keep_their_adapter_import_paths():
+    import cfmask.backbones.clip_text as clip_text
     import cfmask.backbones.openclip_vit as adapter
-    import cfmask.clip_text as clip_text
 
     assert adapter.default_templates is clip_text.default_templates
     assert adapter.encode_text_truncated is clip_text.encode_text_truncated
@@ -66,19 +66,24 @@ def test_clip_text_names_keep_their_adapter_import_paths():
 
 
 @pytest.mark.parametrize(
-    "statement", ["import cfmask.metrics", "import cfmask.eval_sets", "import cfmask.heads"]
+    "statement",
+    [
+        "import cfmask.evaluation.metrics",
+        "import cfmask.evaluation.eval_sets",
+        "import cfmask.backbones.heads",
+    ],
 )
 def test_metric_and_head_modules_do_not_import_reporting_or_model_libraries(statement):
-    loaded = _loaded_after(statement, ("rich", "open_clip", "timm", "cfmask.reporting"))
+    loaded = _loaded_after(statement, ("rich", "open_clip", "timm", "cfmask.evaluation.reporting"))
     assert loaded == [], f"{statement!r} imported {loaded}"
 
 
 def test_set_descriptions_and_reporting_keep_their_metrics_import_paths():
     import cfmask.data
-    import cfmask.eval_sets as eval_sets
-    import cfmask.metrics as metrics
-    import cfmask.reporting as reporting
-    from cfmask.metrics import results_table, write_results
+    import cfmask.evaluation.eval_sets as eval_sets
+    import cfmask.evaluation.metrics as metrics
+    import cfmask.evaluation.reporting as reporting
+    from cfmask.evaluation.metrics import results_table, write_results
 
     assert metrics.EvalSet is eval_sets.EvalSet is cfmask.data.EvalSet
     assert metrics.describe_test_sets is eval_sets.describe_test_sets

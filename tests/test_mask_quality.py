@@ -13,11 +13,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from cfmask import CounterfactualFineTuner
 from cfmask.backbones import TimmViT
 from cfmask.backbones.base import VisionBackbone
-from cfmask.callbacks import MaskQualityMonitor
 from cfmask.functional import mask_overlap_rates
 from cfmask.masking import RandomMasker
 from cfmask.relevance.base import RelevanceMap
 from cfmask.testing import quiet_trainer
+from cfmask.training.callbacks import MaskQualityMonitor
 
 
 class RampRelevance(RelevanceMap):

@@ -24,8 +24,8 @@ _SCRIPT = textwrap.dedent(
     from torch.utils.data import DataLoader, TensorDataset
 
     from cfmask.backbones.timm_vit import TimmViT
-    from cfmask.callbacks import MaskQualityMonitor
-    from cfmask.finetuner import CounterfactualFineTuner
+    from cfmask.training.callbacks import MaskQualityMonitor
+    from cfmask.training.finetuner import CounterfactualFineTuner
     from cfmask.masking import RandomMasker
     from cfmask.testing import quiet_trainer, tiny_timm_args
 

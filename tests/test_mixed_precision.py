@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from cfmask.backbones.timm_vit import TimmViT
-from cfmask.finetuner import CounterfactualFineTuner
+from cfmask.data.synthetic import SyntheticDataModule
 from cfmask.masking.maskers import ObjectMasker
 from cfmask.masking.refillers import SingleImageRefiller
 from cfmask.relevance.attention import AttentionGradRelevance
-from cfmask.synthetic import SyntheticDataModule
 from cfmask.testing import quiet_trainer, tiny_timm_args
+from cfmask.training.finetuner import CounterfactualFineTuner
 
 
 def test_bf16_mixed_fit_step_on_cpu(tiny_timm_config: dict[str, Any], tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from cfmask.losses import FeatureDistillationLoss, LogitDistillationLoss
 from cfmask.masking import Masker
 from cfmask.masking.maskers import ObjectMasker, RandomMasker
 from cfmask.masking.refillers import ConstantRefiller, MultiImageRefiller, SingleImageRefiller
-from cfmask.objective import CounterfactualObjective, ObjectiveResult, teacher_key
+from cfmask.training.objective import CounterfactualObjective, ObjectiveResult, teacher_key
 
 from .helpers.model_inputs import fixed_batch as _batch
 from .helpers.model_inputs import perturb as _perturb

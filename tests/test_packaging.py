@@ -117,7 +117,7 @@ def test_matplotlib_is_optional_and_imported_lazily():
 
 
 def test_missing_matplotlib_gives_an_install_hint(monkeypatch):
-    from cfmask import plotting
+    from cfmask.evaluation import plotting
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"cfmask\[plot\]"):

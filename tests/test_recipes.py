@@ -9,9 +9,10 @@ import yaml
 
 from cfmask.backbones import TimmViT
 from cfmask.cli import main
-from cfmask.finetuner import CounterfactualFineTuner, global_batch_mismatch
-from cfmask.synthetic import SyntheticDataModule
+from cfmask.data.synthetic import SyntheticDataModule
 from cfmask.testing import quiet_trainer
+from cfmask.training.finetuner import CounterfactualFineTuner
+from cfmask.training.recipe_checks import global_batch_mismatch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs"

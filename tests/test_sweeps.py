@@ -14,8 +14,8 @@ import yaml
 from cfmask import CounterfactualFineTuner
 from cfmask.backbones import TimmViT
 from cfmask.cli import main
-from cfmask.sweeps import ResultRow, group_rows, plot_results, read_results, write_sweep
-from cfmask.synthetic import SyntheticDataModule
+from cfmask.cli.sweeps import ResultRow, group_rows, plot_results, read_results, write_sweep
+from cfmask.data.synthetic import SyntheticDataModule
 
 DATA = {"test_sets": ["id", "shift_a", "shift_b"], "test_size": 12, "batch_size": 5, "seed": 3}
 
@@ -165,8 +165,8 @@ def test_plot_rejects_foreign_files(tmp_path, capsys):
 
 
 def test_demo_report_draws_through_the_shared_plotting_code(tmp_path, monkeypatch):
-    from cfmask import plotting
     from cfmask.demo import report
+    from cfmask.evaluation import plotting
 
     calls = []
     original = plotting.draw_tradeoff

@@ -11,13 +11,14 @@ import pytest
 import torch
 from rich.console import Console
 
-from cfmask import CounterfactualFineTuner, callbacks
+from cfmask import CounterfactualFineTuner
 from cfmask.backbones import TimmViT
-from cfmask.eval_sets import EvalSet
-from cfmask.metrics import SubsetAccuracy, topk_correct
-from cfmask.reporting import results_table, write_results
-from cfmask.synthetic import SyntheticDataModule
+from cfmask.data.synthetic import SyntheticDataModule
+from cfmask.evaluation.eval_sets import EvalSet
+from cfmask.evaluation.metrics import SubsetAccuracy, topk_correct
+from cfmask.evaluation.reporting import results_table, write_results
 from cfmask.testing import quiet_trainer
+from cfmask.training import callbacks
 
 
 def _top5_by_hand(logits, targets, allowed):

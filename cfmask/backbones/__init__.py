@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cfmask._lazy import lazy_attributes
 from cfmask.backbones._weights import load_state_dict_file
 from cfmask.backbones.base import AttentionCaptureError, DataConfig, VisionBackbone
+from cfmask.core.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from cfmask.backbones.openclip_vit import OpenCLIPViT

@@ -14,35 +14,18 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from cfmask.components import Component
+from cfmask.core.components import Component
+from cfmask.core.data_config import DataConfig
 
 __all__ = ("AttentionCaptureError", "DataConfig", "VisionBackbone")
 
 
 class AttentionCaptureError(RuntimeError):
     """Raised when a backbone's attention probabilities cannot be captured."""
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """How images must be prepared for a backbone (before its own normalisation).
-
-    Attributes:
-        image_size: Side of the square input, in pixels (224 for CLIP ViTs).
-        interpolation: Resize interpolation, ``"bicubic"`` or ``"bilinear"``.
-        mean: Per-channel mean the backbone subtracts internally.
-        std: Per-channel std the backbone divides by internally.
-    """
-
-    image_size: int
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 
 class VisionBackbone(Component):

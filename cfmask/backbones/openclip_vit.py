@@ -20,9 +20,11 @@ from cfmask.backbones._openclip_attention import attention_patches
 from cfmask.backbones._pixels import register_normalisation, rgb_triple
 from cfmask.backbones._tokens import hide_patch_tokens
 from cfmask.backbones.base import AttentionCaptureError, DataConfig, VisionBackbone
-from cfmask.clip_text import class_embeddings, default_templates
-from cfmask.clip_text import encode_text_truncated as encode_text_truncated  # older import path
-from cfmask.heads import ZeroShotHead
+from cfmask.backbones.clip_text import class_embeddings, default_templates
+from cfmask.backbones.clip_text import (
+    encode_text_truncated as encode_text_truncated,  # older import path
+)
+from cfmask.backbones.heads import ZeroShotHead
 
 __all__ = (
     "CLASS_NAMES_FROM_DATAMODULE",
@@ -55,13 +57,13 @@ class OpenCLIPViT(VisionBackbone):
     This is the model fine-tuned by Xiao et al. (CVPR 2023, arXiv:2303.03052) and by
     WiSE-FT: :meth:`forward_features` returns exactly what ``model.visual(x)`` returns,
     the un-normalised post-projection embedding ``ln_post(CLS) @ proj``; the head is a
-    :class:`~cfmask.heads.ZeroShotHead` initialised from the text tower with
+    :class:`~cfmask.backbones.heads.ZeroShotHead` initialised from the text tower with
     ``class_names`` and ``templates`` and scaled by the model's ``logit_scale.exp()``
     (100 for OpenAI weights). The text tower is dropped after the head is built: only
     the image tower and the head are parameters. Inputs are ``[0, 1]`` pixels,
     normalised inside with the model's preprocessing mean/std (OpenAI CLIP's by default).
 
-    The text side lives in :mod:`cfmask.clip_text`: text embeddings are cached on disk,
+    The text side lives in :mod:`cfmask.backbones.clip_text`: text embeddings are cached on disk,
     keyed by a hash of the model name/config, the ``pretrained`` value, a digest of the
     text-tower weights, the activation, the class names and the templates, so the text
     tower runs once per setting. It runs on a context truncated to the longest real
@@ -209,7 +211,7 @@ class OpenCLIPViT(VisionBackbone):
         """Build the ``(K, D)`` zero-shot head weight for ``class_names`` (text tower kept).
 
         Row ``k`` is ``logit_scale * normalise(mean_t normalise(text(t(name_k))))`` over
-        the templates (see :func:`~cfmask.heads.build_zero_shot_weights`); read from the
+        the templates (see :func:`~cfmask.backbones.heads.build_zero_shot_weights`); read from the
         text-embedding cache when present.
 
         Args:
@@ -436,7 +438,10 @@ class OpenCLIPViT(VisionBackbone):
         device: torch.device | str | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """Unit ``(K, D)`` class embeddings (see :func:`cfmask.clip_text.class_embeddings`)."""
+        """Unit ``(K, D)`` class embeddings.
+
+        See :func:`cfmask.backbones.clip_text.class_embeddings`.
+        """
         return class_embeddings(
             clip,
             model_name=self.model_name,

@@ -35,7 +35,7 @@ from cfmask.data.ood import (
 from cfmask.data.roots import FOLDER_ALIASES, OOD_SETS, resolve_set_root
 from cfmask.data.splits import stratified_split
 from cfmask.data.transforms import eval_transform, train_transform, transforms_from_config
-from cfmask.metrics import (
+from cfmask.evaluation.metrics import (
     EvalSet,
     SubsetAccuracy,
     make_test_metrics,

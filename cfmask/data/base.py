@@ -25,7 +25,7 @@ from cfmask.data.cache import open_or_build_cache
 from cfmask.data.folder import FolderImageDataset, SkipLog
 from cfmask.data.loading import LoaderConfig, build_loader
 from cfmask.data.transforms import eval_transform, train_transform
-from cfmask.metrics import EvalSet
+from cfmask.evaluation.metrics import EvalSet
 
 __all__ = ()
 

@@ -17,15 +17,26 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-if TYPE_CHECKING:
-    from cfmask.data.masks import ImageMaskTransform
+from cfmask.data.errors import (
+    CorruptImageError,
+    DataLayoutError,
+    DataLayoutWarning,
+    TruncatedDatasetWarning,
+)
+from cfmask.data.masks import (
+    ImageMaskTransform,
+    ObjectMaskError,
+    load_mask,
+    mask_path,
+    mask_to_tensor,
+)
 
 __all__ = (
     "IMAGE_EXTENSIONS",
@@ -56,22 +67,6 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".tiff",
     ".webp",
 )
-
-
-class DataLayoutError(FileNotFoundError):
-    """A data set on disk is missing or does not have the expected layout."""
-
-
-class CorruptImageError(RuntimeError):
-    """An image file exists but cannot be decoded."""
-
-
-class DataLayoutWarning(UserWarning):
-    """Something about a data set on disk is unusual but usable."""
-
-
-class TruncatedDatasetWarning(DataLayoutWarning):
-    """A data set holds fewer (or more) images than the published count."""
 
 
 def list_class_folders(root: Path) -> list[str]:
@@ -366,8 +361,6 @@ class FolderImageDataset(Dataset[Any]):
         Raises:
             ValueError: If the set has no ``mask_root``.
         """
-        from cfmask.data.masks import mask_path
-
         if self.mask_root is None:
             raise ValueError(f"{self.name}: this set has no object masks (mask_root=None)")
         return mask_path(self.samples[index].path, self.root, self.mask_root)
@@ -379,8 +372,6 @@ class FolderImageDataset(Dataset[Any]):
             CorruptImageError: If the mask file cannot be decoded; names the set and file.
             ObjectMaskError: If the mask has several channels.
         """
-        from cfmask.data.masks import load_mask
-
         try:
             return load_mask(self.mask_path(index))
         except CorruptImageError as err:
@@ -401,8 +392,6 @@ class FolderImageDataset(Dataset[Any]):
             ObjectMaskError: If the mask's size differs from the image's or it has
                 several channels.
         """
-        from cfmask.data.masks import ObjectMaskError, mask_to_tensor
-
         image = self.load(index)
         if self.mask_root is None:
             return (self.transform(image) if self.transform is not None else image), None
@@ -436,8 +425,6 @@ def _paired_transform(
     transform: Callable[[Image.Image], Any] | None,
 ) -> ImageMaskTransform | None:
     """The image-and-mask version of ``transform`` (``None`` stays ``None``)."""
-    from cfmask.data.masks import ImageMaskTransform
-
     return None if transform is None else ImageMaskTransform(transform)
 
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
-from cfmask.data.folder import CorruptImageError
+from cfmask.data.errors import CorruptImageError
 
 __all__ = (
     "MASK_SUFFIX",

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision import transforms as T
 
-from cfmask.backbones.base import DataConfig
+from cfmask.core.data_config import DataConfig
 
 __all__ = ("INTERPOLATIONS", "eval_transform", "train_transform", "transforms_from_config")
 

@@ -469,7 +469,7 @@ class TensorImageDataset(Dataset[tuple[Tensor, ...]]):
     Images are float in ``[0, 1]``; with ``with_masks`` each item also carries its
     ``(H, W)`` bool garment mask, so batches are ``(images, targets, masks)``, the
     layout that :class:`~cfmask.masking.SegmentationMasker` and
-    :class:`~cfmask.callbacks.MaskQualityMonitor` read.
+    :class:`~cfmask.training.callbacks.MaskQualityMonitor` read.
 
     Args:
         images: The set.

@@ -256,7 +256,7 @@ def _half_width(stat: Mapping[str, Any]) -> float:
 def _with_ci_bars(points: Mapping[str, MethodResult]) -> dict[str, MethodResult]:
     """Copy ``points`` with each ID and OOD-average ``std`` replaced by its 95 % half-width.
 
-    :func:`cfmask.plotting.draw_tradeoff` draws ``std`` as the error bar; the demo
+    :func:`cfmask.evaluation.plotting.draw_tradeoff` draws ``std`` as the error bar; the demo
     draws the confidence interval of the mean instead (0 with one seed).
     """
     out: dict[str, MethodResult] = {}
@@ -289,7 +289,7 @@ def plot_tradeoff(
         left_keys: Methods of the left panel (masking and refilling strategies).
         right_keys: Methods of the right panel (WiSE integrations and baselines).
     """
-    from cfmask.plotting import draw_tradeoff, pyplot
+    from cfmask.evaluation.plotting import draw_tradeoff, pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
@@ -329,7 +329,7 @@ def plot_examples(
     """
     import torch
 
-    from cfmask.plotting import pyplot
+    from cfmask.evaluation.plotting import pyplot
 
     plt = pyplot()
 

@@ -1,9 +1,9 @@
 """The experiment runner of the demo: methods built from library components, run as jobs.
 
 Every fine-tuning run goes through the library's own
-:class:`~cfmask.finetuner.CounterfactualFineTuner` and a Lightning ``Trainer``; a
+:class:`~cfmask.training.finetuner.CounterfactualFineTuner` and a Lightning ``Trainer``; a
 method is nothing but the components handed to it (:class:`Method`). WiSE-FT
-mixtures use :func:`cfmask.weights.interpolate_state_dicts`.
+mixtures use :func:`cfmask.backbones.state_dicts.interpolate_state_dicts`.
 
 Each run is a self-contained :class:`Job` executed at a fixed torch thread count
 (``FineTuneConfig.threads``, 1 by default) with deterministic algorithms and a fixed
@@ -29,10 +29,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from cfmask.callbacks import MaskQualityMonitor
+from cfmask.backbones.state_dicts import interpolate_state_dicts
 from cfmask.demo.data import Benchmark, BenchmarkConfig, TensorImageDataset
 from cfmask.demo.teacher import ModelConfig, PretrainConfig, accuracy, build_backbone, pinned_torch
-from cfmask.finetuner import CounterfactualFineTuner
 from cfmask.losses import DistillationLoss, FeatureDistillationLoss, LogitDistillationLoss
 from cfmask.masking import (
     ContextMasker,
@@ -45,7 +44,8 @@ from cfmask.masking import (
     SingleImageRefiller,
 )
 from cfmask.relevance import AttentionGradRelevance, RelevanceMap
-from cfmask.weights import interpolate_state_dicts
+from cfmask.training.callbacks import MaskQualityMonitor
+from cfmask.training.finetuner import CounterfactualFineTuner
 
 __all__ = (
     "PROFILES",
@@ -310,7 +310,7 @@ class MaskFractionMeter(pl.Callback):
     """Average the fraction of masked patches over training.
 
     Reads the ``(B, N)`` patch mask that
-    :meth:`~cfmask.finetuner.CounterfactualFineTuner.training_step` returns to the
+    :meth:`~cfmask.training.finetuner.CounterfactualFineTuner.training_step` returns to the
     callbacks (``outputs["mask"]``, ``None`` when no mask was drawn).
 
     Attributes:
@@ -399,7 +399,8 @@ class JobResult:
             with ``seconds`` and, for masked methods, ``mask_fraction``.
         wise: One result per WiSE-FT alpha, each with an ``alpha`` entry.
         state: The fine-tuned state dict when ``keep_state``.
-        mask_quality: Rows of :meth:`~cfmask.callbacks.MaskQualityMonitor.rows` when requested.
+        mask_quality: Rows of
+            :meth:`~cfmask.training.callbacks.MaskQualityMonitor.rows` when requested.
     """
 
     tag: str

@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from cfmask.components import Component
+from cfmask.core.components import Component
 
 __all__ = ("Counterfactual", "Masker", "Refiller")
 

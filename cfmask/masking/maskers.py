@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from cfmask.core.validation import check_number
 from cfmask.functional.masking import (
     normalize_by_max,
     random_keep_count_mask,
@@ -21,7 +22,6 @@ from cfmask.functional.masking import (
     threshold_mask,
 )
 from cfmask.masking.base import Masker
-from cfmask.validation import check_number
 
 __all__ = ("ContextMasker", "ObjectMasker", "RandomMasker", "SegmentationMasker")
 

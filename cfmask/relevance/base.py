@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from cfmask.backbones.base import VisionBackbone
-from cfmask.components import Component
+from cfmask.core.components import Component
 
 __all__ = ("RelevanceMap", "RelevanceWithOutputs")
 

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 from torch import Tensor, nn
 
+import cfmask.backbones.clip_text as clip_text
 import cfmask.backbones.openclip_vit as oc
-import cfmask.clip_text as clip_text
 from cfmask.backbones import OpenCLIPViT, VisionBackbone
-from cfmask.heads import ZeroShotHead, build_zero_shot_weights
+from cfmask.backbones.heads import ZeroShotHead, build_zero_shot_weights
 
 from ..helpers.manual_vit import clip_feature as _manual_feature
 from ..helpers.manual_vit import clip_tokens as _manual_tokens

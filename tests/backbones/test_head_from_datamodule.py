@@ -143,7 +143,7 @@ def test_a_class_names_string_other_than_datamodule_is_refused(tmp_path):
 
 
 def test_datamodule_without_class_names_is_a_clear_error(tmp_path):
-    from cfmask.synthetic import SyntheticDataModule
+    from cfmask.data.synthetic import SyntheticDataModule
 
     _clip_file(tmp_path / "clip.pt")
 

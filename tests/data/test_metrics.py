@@ -11,8 +11,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from cfmask.eval_sets import EvalSet
-from cfmask.metrics import (
+from cfmask.evaluation.eval_sets import EvalSet
+from cfmask.evaluation.metrics import (
     SubsetAccuracy,
     make_test_metrics,
     ood_average,
@@ -20,7 +20,7 @@ from cfmask.metrics import (
     restrict_logits,
     top1_correct,
 )
-from cfmask.reporting import results_table, write_results
+from cfmask.evaluation.reporting import results_table, write_results
 
 
 def test_restrict_and_project() -> None:

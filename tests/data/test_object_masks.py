@@ -356,7 +356,7 @@ def test_segmentation_masker_trains_and_tests_on_the_folder_masks(masked_root, t
 
 def test_the_example_masks_config_trains_the_exact_mask_masker_through_the_cli(masked_root):
     from cfmask.cli import main
-    from cfmask.finetuner import CounterfactualFineTuner
+    from cfmask.training.finetuner import CounterfactualFineTuner
 
     repo = Path(__file__).resolve().parents[2]
     run = masked_root / "cli"
@@ -377,7 +377,7 @@ def test_the_example_masks_config_trains_the_exact_mask_masker_through_the_cli(m
             "--data.init_args.val_size=10",  # 8 training images: one epoch, then validation
             f"--trainer.default_root_dir={run}",
             # The CAM-mask check of docs/concepts.md, appended as documented.
-            "--trainer.callbacks+=cfmask.callbacks.MaskQualityMonitor",
+            "--trainer.callbacks+=cfmask.training.callbacks.MaskQualityMonitor",
             "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
             f"--trainer.logger.save_dir={run / 'logs'}",
         ]

@@ -11,10 +11,10 @@ import pytest
 
 from cfmask import CounterfactualFineTuner
 from cfmask.backbones import TimmViT
-from cfmask.callbacks import TestResultsReport
 from cfmask.data import ImageFolderDataModule
 from cfmask.data.folder import DataLayoutWarning, list_images
 from cfmask.testing import quiet_trainer, tiny_timm_args
+from cfmask.training.callbacks import TestResultsReport
 
 from ._fake_trees import make_folder_set
 

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from cfmask.backbones.openclip_vit import OpenCLIPViT
 from cfmask.backbones.timm_vit import TimmViT
-from cfmask.finetuner import CounterfactualFineTuner
 from cfmask.testing import tiny_clip_args
+from cfmask.training.finetuner import CounterfactualFineTuner
 
 
 def tiny_backbone(cfg: dict[str, Any], **overrides: Any) -> TimmViT:

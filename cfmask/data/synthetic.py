@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from cfmask.data.resumable import ResumableDataLoader
-from cfmask.eval_sets import EvalSet
+from cfmask.evaluation.eval_sets import EvalSet
 
 __all__ = ("SyntheticDataModule", "make_synthetic_images")
 

@@ -33,7 +33,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from cfmask.weights import STUDENT_PREFIX, extract_prefixed, read_checkpoint
+from cfmask.backbones.openclip_vit import build_open_clip_model
+from cfmask.backbones.state_dicts import STUDENT_PREFIX, extract_prefixed, read_checkpoint
 
 __all__ = (
     "ExportResult",
@@ -155,8 +156,6 @@ def open_clip_state_dict(
         weights under a model name without ``-quickgelu``), so loading needs
         ``force_quick_gelu=True``.
     """
-    from cfmask.backbones.openclip_vit import build_open_clip_model
-
     model_name = str(init_args.get("model_name", "ViT-B-32"))
     pretrained = init_args.get("pretrained")
     model_cfg = init_args.get("model_cfg")

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from cfmask.backbones.base import VisionBackbone
 from cfmask.losses import DistillationLoss
-from cfmask.objective import (
+from cfmask.training.objective import (
     INITIAL_TEACHER,
     CounterfactualObjective,
     load_weights_into,

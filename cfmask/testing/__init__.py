@@ -5,7 +5,7 @@ Call these helpers from your own test suite to check that a custom
 contracts the fine-tuner relies on:
 
 * outputs have the documented shapes, dtypes and device;
-* the component's :meth:`~cfmask.components.Component.config` is plain data and
+* the component's :meth:`~cfmask.core.components.Component.config` is plain data and
   rebuilds an equal component through ``importlib`` (this is how checkpoints
   and LightningCLI restore it), and the rebuilt copy behaves identically under
   the same seed;
@@ -49,7 +49,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch import Tensor
 
-from cfmask.components import Component
+from cfmask.core.components import Component
 from cfmask.functional.patches import patch_mask_to_pixels
 from cfmask.masking.base import Counterfactual, Masker, Refiller
 
@@ -278,7 +278,7 @@ def check_component_config(component: Component) -> Component:
     """Check that a component's configuration is plain data and rebuilds it.
 
     Args:
-        component: Any :class:`~cfmask.components.Component`.
+        component: Any :class:`~cfmask.core.components.Component`.
 
     Returns:
         The component rebuilt from its configuration (the class imported from

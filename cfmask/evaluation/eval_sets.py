@@ -5,19 +5,18 @@ an :class:`EvalSet` says which of its classes a set covers (ImageNet-R and
 ImageNet-A cover 200 of the 1000, §5.4), whether its targets are multi-hot
 (ObjectNet, §5.3), how many images were found against how many were published, and
 whether it is the in-distribution set. The metric that scores a set lives in
-:mod:`cfmask.metrics`; the tables and files that report the scores in
-:mod:`cfmask.reporting`.
+:mod:`cfmask.evaluation.accuracy`; the tables and files that report the scores in
+:mod:`cfmask.evaluation.reporting`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from cfmask.metrics import SubsetAccuracy
+from cfmask.evaluation.accuracy import SubsetAccuracy
 
 __all__ = ("EvalSet", "describe_test_sets")
 
@@ -62,9 +61,7 @@ class EvalSet:
         return self.expected_samples
 
     def metric(self) -> SubsetAccuracy:
-        """Return a fresh :class:`~cfmask.metrics.SubsetAccuracy` configured for this set."""
-        from cfmask.metrics import SubsetAccuracy  # the metric module imports this one
-
+        """Return a fresh :class:`~cfmask.evaluation.accuracy.SubsetAccuracy` for this set."""
         return SubsetAccuracy(self.num_classes, self.class_subset, self.multi_label)
 
 

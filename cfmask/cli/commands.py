@@ -11,8 +11,8 @@ commands, so ``cfmask -h`` lists them all.
 parser, and the parsed values are handed back to the demo as its own argument
 list; ``cfmask demo pretrain ...`` goes straight to the pre-training command (a
 :attr:`Command.subcommands` entry). ``cfmask data`` has sub-commands of its own
-(``cfmask data check``, which takes ``-c`` and ``--print_config`` too) and is handed
-its arguments unchanged.
+(``cfmask data check``, which takes ``-c`` and ``--print_config`` too) and is
+handed its arguments unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace  # type: ignore[attr-defined]
+
+from cfmask import demo
+from cfmask.cli.sweeps import plot_results, wise_sweep
+from cfmask.data import cli as data_cli
+from cfmask.demo import app as demo_app
+from cfmask.weightspace.ensembles import check_alphas, soup_checkpoint, wise_checkpoints
+from cfmask.weightspace.export import export_checkpoint
 
 __all__ = (
     "COMMANDS",
@@ -137,16 +144,12 @@ def _wise_parser() -> ArgumentParser:
 
 
 def _run_wise(ns: Namespace, parser: ArgumentParser) -> int:
-    from cfmask.ensembles import check_alphas, wise_checkpoints
-
     try:
         check_alphas(ns.alpha)
         if ns.data is None:
             for path in wise_checkpoints(ns.checkpoint, ns.alpha, ns.output, ns.zeroshot):
                 print(path)
             return 0
-        from cfmask.sweeps import wise_sweep
-
         results, rows = wise_sweep(
             ns.checkpoint,
             ns.alpha,
@@ -207,8 +210,6 @@ def _plot_parser() -> ArgumentParser:
 
 
 def _run_plot(ns: Namespace, parser: ArgumentParser) -> int:
-    from cfmask.sweeps import plot_results
-
     try:
         print(plot_results(ns.results, ns.output, ns.labels, ns.title))
     except (ValueError, FileNotFoundError, ImportError) as err:
@@ -227,8 +228,6 @@ def _soup_parser() -> ArgumentParser:
 
 
 def _run_soup(ns: Namespace, parser: ArgumentParser) -> int:
-    from cfmask.ensembles import soup_checkpoint
-
     try:
         print(soup_checkpoint(ns.checkpoints, ns.output))
     except (ValueError, FileNotFoundError) as err:
@@ -265,8 +264,6 @@ def _export_parser() -> ArgumentParser:
 
 
 def _run_export(ns: Namespace, parser: ArgumentParser) -> int:
-    from cfmask.export import export_checkpoint
-
     try:
         result = export_checkpoint(ns.checkpoint, ns.to, ns.output, ns.format)
     except (ValueError, FileNotFoundError) as err:
@@ -281,9 +278,7 @@ def _run_export(ns: Namespace, parser: ArgumentParser) -> int:
 
 # ---------------------------------------------------------------------- demo
 def _demo_argparse() -> argparse.ArgumentParser:
-    from cfmask.demo.app import build_parser
-
-    return build_parser()
+    return demo_app.build_parser()
 
 
 def _demo_parser() -> ArgumentParser:
@@ -309,8 +304,6 @@ def _demo_parser() -> ArgumentParser:
 def _run_demo(ns: Namespace, parser: ArgumentParser) -> int:
     import importlib.util
 
-    from cfmask.demo import main as demo_main
-
     if importlib.util.find_spec("matplotlib") is None:
         return _fail(
             parser,
@@ -329,14 +322,12 @@ def _run_demo(ns: Namespace, parser: ArgumentParser) -> int:
             argv += [action.option_strings[0]] if value else []
         elif value is not None:
             argv += [action.option_strings[0], str(value)]
-    return demo_main(argv)
+    return demo.main(argv)
 
 
 def _run_demo_pretrain(argv: list[str]) -> int:
     """``cfmask demo pretrain --output FILE``: retrain the demo's pre-trained model."""
-    from cfmask.demo import main as demo_main
-
-    return demo_main(["pretrain", *argv])
+    return demo.main(["pretrain", *argv])
 
 
 # ---------------------------------------------------------------------- data
@@ -350,9 +341,7 @@ def _data_parser() -> ArgumentParser:
 
 
 def _run_data(argv: list[str]) -> int:
-    from cfmask.data.cli import data_command
-
-    return data_command(argv)
+    return data_cli.data_command(argv)
 
 
 #: Every command outside LightningCLI, by name.

@@ -6,55 +6,40 @@ restrict the argmax to their ``class_subset`` (§5.4); ObjectNet's targets are
 multi-hot, and a prediction is correct when the target is set at the predicted
 class (§5.3). The headline "OOD average" is the mean over the non-ID sets.
 
-Module interface: :class:`SubsetAccuracy` (a torchmetrics ``Metric``), one per
-set, built by :meth:`EvalSet.metric <cfmask.eval_sets.EvalSet.metric>` or
-:func:`make_test_metrics`.
+Module interface: :class:`SubsetAccuracy` (a torchmetrics ``Metric``), one per set.
 Functional interface: :func:`restrict_logits`, :func:`project_logits`,
-:func:`top1_correct`, :func:`topk_correct`, :func:`ood_average`.
+:func:`top1_correct`, :func:`topk_correct`, :func:`ood_average`,
+:func:`top_k_average`.
 
 Top-5 accuracy counts a sample as correct when a target class is among the five
 highest logits of the set's classes; it is reported only for sets with more than
 five classes (with five or fewer it is 1 by construction).
 
-The set descriptions (:class:`~cfmask.eval_sets.EvalSet`,
-:func:`~cfmask.eval_sets.describe_test_sets`) live in :mod:`cfmask.eval_sets` and the
-results table and files (:func:`~cfmask.reporting.results_table`,
-:func:`~cfmask.reporting.write_results`) in :mod:`cfmask.reporting`; all four stay
-importable from here. This module does not import rich: the two reporting names are
-loaded on first access.
+This module knows nothing of the set descriptions
+(:mod:`cfmask.evaluation.eval_sets`) and of the reports
+(:mod:`cfmask.evaluation.reporting`), which both build on it;
+:mod:`cfmask.evaluation.metrics` gathers the three.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import Metric
-
-from cfmask.eval_sets import EvalSet, describe_test_sets
-
-if TYPE_CHECKING:
-    from cfmask.reporting import results_table, write_results
 
 __all__ = (
     "OOD_AVG",
-    "EvalSet",
     "SubsetAccuracy",
-    "describe_test_sets",
-    "make_test_metrics",
     "ood_average",
     "project_logits",
     "restrict_logits",
-    "results_table",
     "top1_correct",
-    "top5_results",
     "top_k_average",
     "topk_correct",
-    "write_results",
 )
 
 #: Key of the OOD average in result dictionaries.
@@ -270,18 +255,6 @@ class SubsetAccuracy(Metric):
             return self.correct_top_k.float() / self.total
 
 
-def make_test_metrics(eval_sets: Sequence[EvalSet]) -> nn.ModuleDict:
-    """One :class:`SubsetAccuracy` per set, keyed by set name (in ``eval_sets`` order).
-
-    Args:
-        eval_sets: The datamodule's :attr:`eval_sets`.
-
-    Returns:
-        A ``ModuleDict`` so the metrics follow the LightningModule's device.
-    """
-    return nn.ModuleDict({s.name: s.metric() for s in eval_sets})
-
-
 def ood_average(results: Mapping[str, float], id_name: str = "imagenet") -> float:
     """Mean accuracy over every set except the ID set (and any existing average).
 
@@ -298,26 +271,6 @@ def ood_average(results: Mapping[str, float], id_name: str = "imagenet") -> floa
     """
     vals = [v for k, v in results.items() if k not in (id_name, OOD_AVG)]
     return sum(vals) / len(vals) if vals else float("nan")
-
-
-def top5_results(eval_sets: Sequence[EvalSet], metrics: Sequence[Any]) -> dict[str, float]:
-    """Top-5 accuracy of each set whose metric has one.
-
-    Args:
-        eval_sets: The test sets, in loader order.
-        metrics: One :class:`~cfmask.metrics.SubsetAccuracy` per set, same order.
-
-    Returns:
-        Set name → top-5 accuracy in ``[0, 1]``; sets with five classes or fewer
-        (or an empty set) are left out.
-    """
-    out: dict[str, float] = {}
-    for s, metric in zip(eval_sets, metrics, strict=False):
-        if isinstance(metric, SubsetAccuracy):
-            value = float(metric.compute_top_k())
-            if not math.isnan(value):
-                out[s.name] = value
-    return out
 
 
 def top_k_average(top_k: Mapping[str, float], names: Iterable[str], id_name: str) -> float:
@@ -337,13 +290,3 @@ def top_k_average(top_k: Mapping[str, float], names: Iterable[str], id_name: str
     if not ood or any(k not in top_k for k in ood):
         return float("nan")
     return sum(top_k[k] for k in ood) / len(ood)
-
-
-#: Names kept importable from here that live in :mod:`cfmask.reporting` (loaded on access).
-_REPORTING = ("results_table", "write_results")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _REPORTING:
-        return getattr(importlib.import_module("cfmask.reporting"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,7 @@
 * ``cfmask demo`` — the offline benchmark.
 * ``cfmask data check`` — validate a dataset layout.
 
-All of them are sub-commands of one parser (:mod:`cfmask.commands` defines the
+All of them are sub-commands of one parser (:mod:`cfmask.cli.commands` defines the
 ones outside LightningCLI): ``cfmask -h`` lists them, ``cfmask --version``
 prints the version, and a misspelt command gets the closest names.
 """
@@ -24,7 +24,6 @@ import logging
 import sys
 import warnings
 from collections.abc import Mapping
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,8 @@ from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from cfmask.checkpoints import LastAndBestCheckpoint, refusing_unsafe_checkpoints
-from cfmask.commands import (
+from cfmask import __version__
+from cfmask.cli.commands import (
     COMMANDS,
     LIGHTNING_COMMANDS,
     add_commands,
@@ -41,10 +40,16 @@ from cfmask.commands import (
     run_command,
     suggest,
 )
-from cfmask.finetuner import CounterfactualFineTuner, without_memory_options
-from cfmask.head_setup import with_saved_class_names
+from cfmask.cli.plugins import PLUGIN_GROUP, load_plugins
+from cfmask.training.callbacks import TestResultsReport
+from cfmask.training.checkpoints import LastAndBestCheckpoint, refusing_unsafe_checkpoints
+from cfmask.training.finetuner import CounterfactualFineTuner
+from cfmask.training.head_setup import with_saved_class_names
+from cfmask.training.prediction import PredictionWriter
+from cfmask.training.recipe_checks import without_memory_options
 
 __all__ = (
+    "PLUGIN_GROUP",
     "CfmaskCLI",
     "CheckpointConfigConflict",
     "load_plugins",
@@ -54,48 +59,11 @@ __all__ = (
 
 _log = logging.getLogger(__name__)
 
-PLUGIN_GROUP = "cfmask.plugins"
-_BUILTIN_MODULES = (
-    "cfmask.backbones.openclip_vit",
-    "cfmask.backbones.timm_vit",
-    "cfmask.relevance",
-    "cfmask.masking",
-    "cfmask.losses",
-    "cfmask.callbacks",
-    "cfmask.synthetic",
-    "cfmask.data",
-)
-
-
-def load_plugins() -> list[str]:
-    """Import the built-in component modules and every ``cfmask.plugins`` entry point.
-
-    Importing a module makes its ``Masker``/``Refiller``/... subclasses known to
-    jsonargparse, so configs can name them by class name alone.
-
-    Returns:
-        The names of the entry points that were loaded.
-    """
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-    loaded = []
-    for ep in entry_points(group=PLUGIN_GROUP):
-        try:
-            ep.load()
-        except Exception as err:  # a broken plugin must not break the CLI
-            warnings.warn(
-                f"could not load cfmask plugin {ep.name!r} ({ep.value}): {err}",
-                stacklevel=2,
-            )
-            continue
-        loaded.append(ep.name)
-    return loaded
-
 
 class CfmaskCLI(LightningCLI):
     """LightningCLI with cfmask's defaults.
 
-    Adds a ``checkpoint`` group (a :class:`~cfmask.checkpoints.LastAndBestCheckpoint`
+    Adds a ``checkpoint`` group (a :class:`~cfmask.training.checkpoints.LastAndBestCheckpoint`
     that keeps the best ``val/acc1`` as ``best-…`` and the last completed step as
     ``last.ckpt``, as the paper selects the checkpoint on the held-out split), checks
     a ``--ckpt_path``'s stored arguments against the configuration, and prints a
@@ -169,8 +137,6 @@ class CfmaskCLI(LightningCLI):
         if subcommand in ("test", "validate"):
             parser.set_defaults({"verbose": False})
         if subcommand == "predict":
-            from cfmask.prediction import PredictionWriter
-
             parser.add_lightning_class_args(PredictionWriter, "predictions")
         return parser
 
@@ -374,12 +340,8 @@ class _CommandLine(CfmaskCLI):
 
 
 def _version() -> str:
-    from cfmask import __version__
-
     return __version__
 
 
 def _results_report() -> object:
-    from cfmask.callbacks import TestResultsReport
-
     return TestResultsReport()

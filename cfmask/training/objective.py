@@ -35,11 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cfmask.backbones.base import VisionBackbone
+from cfmask.backbones.state_dicts import check_compatible, read_model_weights
 from cfmask.functional.patches import check_object_masks, patch_coverage
 from cfmask.losses import DistillationLoss, FeatureDistillationLoss
 from cfmask.masking.base import Counterfactual, Masker, Refiller
+from cfmask.masking.refillers import SingleImageRefiller
+from cfmask.relevance.attention import AttentionGradRelevance
 from cfmask.relevance.base import RelevanceMap
-from cfmask.weights import check_compatible, read_model_weights
 
 __all__ = (
     "INITIAL_TEACHER",
@@ -225,12 +227,8 @@ class CounterfactualObjective(nn.Module):
             )
         if masker is not None:
             if refiller is None:
-                from cfmask.masking.refillers import SingleImageRefiller
-
                 refiller = SingleImageRefiller()
             if relevance is None and masker.requires_relevance:
-                from cfmask.relevance.attention import AttentionGradRelevance
-
                 relevance = AttentionGradRelevance()
         if distillation is None:
             distillation = [FeatureDistillationLoss()]
@@ -255,7 +253,7 @@ class CounterfactualObjective(nn.Module):
         teacher = copy.deepcopy(self.student)
         # A head built later from the datamodule's class names (OpenCLIPViT with
         # class_names="datamodule") gets its source once the head exists
-        # (cfmask.head_setup.build_deferred_heads, from CounterfactualFineTuner.setup).
+        # (cfmask.training.head_setup.build_deferred_heads, from CounterfactualFineTuner.setup).
         if source is not None and not teacher.needs_class_names:
             load_weights_into(teacher, source, "teacher")
         teacher.requires_grad_(False)

@@ -1,7 +1,7 @@
 """The CLIP text path that builds a zero-shot head: prompts, tokenizer, text encoder, cache.
 
 :class:`~cfmask.backbones.OpenCLIPViT` fine-tunes only the image tower; its
-:class:`~cfmask.heads.ZeroShotHead` is initialised once from the text tower, as in
+:class:`~cfmask.backbones.heads.ZeroShotHead` is initialised once from the text tower, as in
 WiSE-FT (Wortsman et al., CVPR 2022) and Xiao et al. (CVPR 2023, arXiv:2303.03052).
 This module holds everything on that text side:
 
@@ -10,7 +10,7 @@ This module holds everything on that text side:
 - :func:`truncating_text_encoder` and :func:`encode_text_truncated`: the text tower run
   on a context cut to the longest real prompt, exact for causal text towers;
 - :func:`class_embeddings`: unit class embeddings through
-  :func:`~cfmask.heads.build_zero_shot_weights`, read from and written to an on-disk
+  :func:`~cfmask.backbones.heads.build_zero_shot_weights`, read from and written to an on-disk
   cache keyed by :func:`text_cache_key` (under :func:`default_text_cache_dir` unless
   a directory is given).
 """
@@ -30,7 +30,7 @@ import open_clip
 import torch
 from torch import Tensor, nn
 
-from cfmask.heads import build_zero_shot_weights
+from cfmask.backbones.heads import build_zero_shot_weights
 
 __all__ = (
     "class_embeddings",
@@ -68,7 +68,7 @@ def class_embeddings(
     """Unit ``(K, D)`` class embeddings of a CLIP text tower, from the disk cache when possible.
 
     Row ``k`` is ``normalise(mean_t normalise(text(t(name_k))))`` over the templates
-    (:func:`~cfmask.heads.build_zero_shot_weights` with ``logit_scale=1``). The result
+    (:func:`~cfmask.backbones.heads.build_zero_shot_weights` with ``logit_scale=1``). The result
     is stored in ``<cache_dir>/<key>.pt`` with the key of :func:`text_cache_key`; an
     entry that cannot be read is rebuilt, and a cache that cannot be written only logs
     a warning.

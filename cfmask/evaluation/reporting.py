@@ -2,11 +2,11 @@
 
 Both show, per evaluation set, top-1 (and top-5 when known) accuracy, the images
 found, scored and published, and the OOD average over the non-ID sets
-(:func:`~cfmask.metrics.ood_average`). A set with fewer images than published, or
+(:func:`~cfmask.evaluation.metrics.ood_average`). A set with fewer images than published, or
 with undecodable images skipped, carries a warning note, so a number from an
 incomplete set is never shown bare. The accuracies come from
-:class:`~cfmask.metrics.SubsetAccuracy`; the set descriptions from
-:class:`~cfmask.eval_sets.EvalSet`.
+:class:`~cfmask.evaluation.metrics.SubsetAccuracy`; the set descriptions from
+:class:`~cfmask.evaluation.eval_sets.EvalSet`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 from rich.table import Table
 
-from cfmask.eval_sets import EvalSet
-from cfmask.metrics import OOD_AVG, ood_average, top_k_average
+from cfmask.evaluation.accuracy import OOD_AVG, ood_average, top_k_average
+from cfmask.evaluation.eval_sets import EvalSet
 
 __all__ = ("results_table", "write_results")
 

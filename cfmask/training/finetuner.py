@@ -2,7 +2,7 @@
 
 Trains a ViT classifier with the objective of Xiao et al., *Masked Images Are
 Counterfactual Samples for Robust Fine-tuning* (CVPR 2023, arXiv:2303.03052, Eq. 2),
-which :class:`~cfmask.objective.CounterfactualObjective` computes. This module adds
+which :class:`~cfmask.training.objective.CounterfactualObjective` computes. This module adds
 what Lightning needs around it: hyperparameters that rebuild every component from a
 checkpoint, AdamW with the paper's schedule and gradient clipping, logging, and the
 validation and test metrics.
@@ -25,7 +25,18 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from cfmask.backbones.base import VisionBackbone
-from cfmask.checkpoints import (
+from cfmask.evaluation.eval_sets import EvalSet, describe_test_sets
+from cfmask.evaluation.metrics import (
+    OOD_AVG,
+    SubsetAccuracy,
+    ood_average,
+    top5_results,
+    top_k_average,
+)
+from cfmask.losses import DistillationLoss
+from cfmask.masking.base import Masker, Refiller
+from cfmask.relevance.base import RelevanceMap
+from cfmask.training.checkpoints import (
     RNG_KEY,
     capture_rng_state,
     install_safe_checkpoint_io,
@@ -34,15 +45,17 @@ from cfmask.checkpoints import (
     restore_rng_state,
     resume_training_loaders,
 )
-from cfmask.eval_sets import EvalSet, describe_test_sets
-from cfmask.head_setup import build_deferred_heads
-from cfmask.head_setup import with_saved_class_names as with_saved_class_names  # older path
-from cfmask.losses import DistillationLoss
-from cfmask.masking.base import Masker, Refiller
-from cfmask.metrics import OOD_AVG, SubsetAccuracy, ood_average, top5_results, top_k_average
-from cfmask.objective import CounterfactualObjective, load_weights_into
-from cfmask.relevance.base import RelevanceMap
-from cfmask.validation import check_number
+from cfmask.training.head_setup import build_deferred_heads
+from cfmask.training.head_setup import (
+    with_saved_class_names as with_saved_class_names,  # older path
+)
+from cfmask.training.objective import CounterfactualObjective, load_weights_into
+from cfmask.training.prediction import predict_outputs
+from cfmask.training.recipe_checks import (
+    global_batch_mismatch,
+    validate_options,
+    without_memory_options,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -83,7 +96,7 @@ class CounterfactualFineTuner(pl.LightningModule):
     """Fine-tune a ViT classifier with counterfactual feature distillation.
 
     The loss of a batch comes from :attr:`objective`, a
-    :class:`~cfmask.objective.CounterfactualObjective` built from the arguments below;
+    :class:`~cfmask.training.objective.CounterfactualObjective` built from the arguments below;
     ``training_step`` logs its terms and returns ``{"loss": ..., "mask": ...}``, so a
     callback's ``on_train_batch_end`` finds the step's ``(B, N)`` patch mask (or
     ``None``) in ``outputs["mask"]``. The objective's modules are also attributes of
@@ -126,7 +139,7 @@ class CounterfactualFineTuner(pl.LightningModule):
         share_relevance_pass: Take the clean batch's features and logits from the
             relevance pass (attention probes on the current student) instead of a
             second forward pass on ``x``, when that gives the same function (see
-            :meth:`~cfmask.objective.CounterfactualObjective.can_share_relevance_pass`).
+            :meth:`~cfmask.training.objective.CounterfactualObjective.can_share_relevance_pass`).
             Saves one forward per step.
         recipe_global_batch: The global batch a recipe's learning rate and schedule
             were written for (512 in the paper's recipes). When set, a fit whose
@@ -179,7 +192,7 @@ class CounterfactualFineTuner(pl.LightningModule):
         recipe_global_batch: int | None = None,
     ) -> None:
         super().__init__()
-        _validate_options(
+        validate_options(
             lr,
             weight_decay,
             betas,
@@ -195,7 +208,9 @@ class CounterfactualFineTuner(pl.LightningModule):
         self.save_hyperparameters(ignore=[*_COMPONENTS, "distillation"])
 
         if init_weights is not None:
-            if backbone.needs_class_names:  # loaded once the head exists (cfmask.head_setup)
+            if (
+                backbone.needs_class_names
+            ):  # loaded once the head exists (cfmask.training.head_setup)
                 _require_file(init_weights, "init_weights")
             else:
                 load_weights_into(backbone, init_weights, "init_weights")
@@ -249,7 +264,7 @@ class CounterfactualFineTuner(pl.LightningModule):
         A backbone built with ``class_names="datamodule"`` gets its zero-shot head
         here, from the datamodule's ``class_names``.
 
-        Installs :class:`~cfmask.checkpoints.SafeCheckpointIO` on the Trainer's
+        Installs :class:`~cfmask.training.checkpoints.SafeCheckpointIO` on the Trainer's
         strategy: Lightning restores a ``ckpt_path`` after this hook, and then reads
         it with ``weights_only=True`` whether it is a local file or a URL. When fitting
         with ``recipe_global_batch`` set, also warn if the global batch differs from
@@ -272,10 +287,11 @@ class CounterfactualFineTuner(pl.LightningModule):
             )
 
     def _bind_class_names(self, datamodule: Any) -> None:
-        """Build a deferred zero-shot head from the datamodule (see :mod:`cfmask.head_setup`).
+        """Build a deferred zero-shot head from the datamodule.
 
         The stored backbone config then holds the explicit class names, so a
-        checkpoint of this run rebuilds without the datamodule.
+        checkpoint of this run rebuilds without the datamodule (see
+        :mod:`cfmask.training.head_setup`).
         """
         init_weights = self.hparams["init_weights"]
         if build_deferred_heads(self.objective, datamodule, self.trainer, init_weights):
@@ -364,7 +380,7 @@ class CounterfactualFineTuner(pl.LightningModule):
         Restored here, right before the first batch is fetched, and not when the
         checkpoint is read: what runs in between (the sanity check, building the
         loaders) would otherwise shift them. See
-        :func:`~cfmask.checkpoints.resume_training_loaders`.
+        :func:`~cfmask.training.checkpoints.resume_training_loaders`.
         """
         pending, self._rng_to_restore = self._rng_to_restore, None
         if self._trainer is None or not self.trainer.ckpt_path:
@@ -506,11 +522,9 @@ class CounterfactualFineTuner(pl.LightningModule):
 
         Returns:
             ``probs``, ``top_k_probs``, ``top_k_indices`` and, when the batch has
-            labels, ``targets`` (see :func:`cfmask.prediction.predict_outputs`);
+            labels, ``targets`` (see :func:`cfmask.training.prediction.predict_outputs`);
             ``None`` when every image of the batch was skipped as unreadable.
         """
-        from cfmask.prediction import predict_outputs
-
         if batch is None:
             return None
         images = batch if isinstance(batch, Tensor) else batch[0]
@@ -592,7 +606,7 @@ class CounterfactualFineTuner(pl.LightningModule):
 
 
 def _scored(metric: nn.Module) -> Tensor:
-    """The number of images a :class:`~cfmask.metrics.SubsetAccuracy` has seen (this rank)."""
+    """The number of images a :class:`~cfmask.evaluation.accuracy.SubsetAccuracy` has seen."""
     total: Tensor = metric.total  # type: ignore[assignment]
     return total.detach().clone()
 
@@ -603,106 +617,3 @@ def _require_file(path: str, what: str) -> None:
             f"{what} checkpoint not found: {path}. Pass the path of a cfmask .ckpt "
             "or a state dict saved with torch.save(model.state_dict(), path)."
         )
-
-
-def global_batch_mismatch(
-    expected: int, per_device: int | None, world_size: int, accumulate: int = 1
-) -> str | None:
-    """Explain how a run's global batch differs from the one its recipe was written for.
-
-    The global batch is ``per_device * world_size * accumulate``; the paper's recipes
-    use 512 (Xiao et al., CVPR 2023, arXiv:2303.03052, Sec. 4, "Implementation
-    details"), and their learning rate, warm-up and step count assume it.
-
-    Args:
-        expected: The recipe's global batch.
-        per_device: The datamodule's per-device ``batch_size``; ``None`` when unknown.
-        world_size: Number of processes (devices x nodes).
-        accumulate: Gradient-accumulation factor.
-
-    Returns:
-        ``None`` when the global batch matches, otherwise a message naming both
-        numbers and the fix.
-
-    Example:
-        >>> global_batch_mismatch(512, 128, 4) is None
-        True
-        >>> global_batch_mismatch(512, 512, 4)[:60]
-        'the recipe was written for a global batch of 512, but this r'
-    """
-    if per_device is None:
-        return (
-            f"the recipe was written for a global batch of {expected}, but the datamodule "
-            "has no batch_size attribute, so the global batch of this run cannot be checked."
-        )
-    actual = int(per_device) * world_size * accumulate
-    if actual == expected:
-        return None
-    return (
-        f"the recipe was written for a global batch of {expected}, but this run's global "
-        f"batch is {actual} ({per_device} per device x {world_size} process(es) x "
-        f"{accumulate} accumulation step(s)); the learning rate, warm-up and number of steps "
-        f"no longer match the recipe. Set data.init_args.batch_size to "
-        f"{expected} / (devices x nodes x accumulation) or trainer.devices to match."
-    )
-
-
-_MEMORY_OPTIONS = ("grad_checkpointing",)
-
-
-def without_memory_options(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A backbone config without options that change memory use but not the weights.
-
-    Used to compare a run's backbone with a checkpoint's: switching gradient
-    checkpointing on or off is not a different model.
-
-    Args:
-        config: ``{"class_path": ..., "init_args": {...}}`` of a backbone.
-
-    Returns:
-        A copy whose ``init_args`` lack ``grad_checkpointing``.
-
-    Example:
-        >>> without_memory_options({"class_path": "TimmViT",
-        ...     "init_args": {"depth": 2, "grad_checkpointing": True}})
-        {'class_path': 'TimmViT', 'init_args': {'depth': 2}}
-    """
-    out = dict(config)
-    init_args = out.get("init_args")
-    if isinstance(init_args, Mapping):
-        out["init_args"] = {k: v for k, v in init_args.items() if k not in _MEMORY_OPTIONS}
-    return out
-
-
-def _validate_options(
-    lr: float,
-    weight_decay: float,
-    betas: Sequence[float],
-    schedule: str,
-    warmup_steps: int,
-    pct_start: float,
-    gradient_clip_norm: float | None,
-    relevance_source: str,
-    trainable: str,
-) -> None:
-    """Refuse non-numbers, ``nan``, infinities and out-of-range values by name."""
-    check_number("lr", lr, low=0, low_open=True)
-    check_number("weight_decay", weight_decay, low=0)
-    if isinstance(betas, str) or not isinstance(betas, Sequence) or len(betas) != 2:
-        raise TypeError(f"betas must be two numbers (beta1, beta2), got {betas!r}")
-    for i, beta in enumerate(betas):
-        check_number(f"betas[{i}]", beta, low=0, high=1, high_open=True)
-    if schedule not in ("warmup_cosine", "onecycle", "constant"):
-        raise ValueError(
-            f"unknown schedule {schedule!r}; choose 'warmup_cosine', 'onecycle' or 'constant'"
-        )
-    check_number("warmup_steps", warmup_steps, low=0, integer=True)
-    check_number("pct_start", pct_start, low=0, high=1, low_open=True, high_open=True)
-    if gradient_clip_norm is not None:
-        check_number("gradient_clip_norm", gradient_clip_norm, low=0)
-    if relevance_source not in ("student", "teacher"):
-        raise ValueError(
-            f"relevance_source must be 'student' or 'teacher', got {relevance_source!r}"
-        )
-    if trainable not in ("all", "head"):
-        raise ValueError(f"trainable must be 'all' or 'head', got {trainable!r}")

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cfmask.backbones._weights import load_state_dict_file
+
 __all__ = (
     "STUDENT_PREFIX",
     "average_state_dicts",
@@ -94,8 +96,6 @@ def read_model_weights(path: str | Path) -> dict[str, Tensor]:
     Returns:
         A backbone state dict.
     """
-    from cfmask.backbones._weights import load_state_dict_file
-
     state = load_state_dict_file(path)
     student = extract_prefixed(state, STUDENT_PREFIX)
     return student if student else state

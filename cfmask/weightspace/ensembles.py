@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
-from cfmask.weights import (
+from cfmask.backbones.state_dicts import (
     STUDENT_PREFIX,
     average_state_dicts,
     extract_prefixed,
@@ -23,6 +23,7 @@ from cfmask.weights import (
     read_checkpoint,
     read_model_weights,
 )
+from cfmask.training.finetuner import CounterfactualFineTuner
 
 __all__ = (
     "RandomInitError",
@@ -190,8 +191,6 @@ def _rebuild_student(hparams: dict[str, Any], seed: int) -> dict[str, Tensor]:
     """Build the checkpoint's backbone again from its hyper-parameters, seeded."""
     import torch
     from lightning.pytorch.cli import instantiate_module
-
-    from cfmask.finetuner import CounterfactualFineTuner
 
     hparams = dict(hparams)
     hparams.pop("init_weights", None)

@@ -1,7 +1,7 @@
 """Evaluated WiSE-FT sweeps and their ID vs OOD-average plots.
 
 :func:`wise_sweep` (``cfmask wise CKPT --alpha ... --data DATA.yaml``) writes one
-WiSE-FT checkpoint per ``alpha`` (:func:`cfmask.ensembles.wise_checkpoints`),
+WiSE-FT checkpoint per ``alpha`` (:func:`cfmask.weightspace.ensembles.wise_checkpoints`),
 tests each on the datamodule described by ``DATA.yaml`` and writes one CSV file
 for the whole sweep, one row per ``alpha``::
 
@@ -32,7 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cfmask.metrics import OOD_AVG
+from cfmask.backbones.state_dicts import STUDENT_PREFIX, extract_prefixed, read_checkpoint
+from cfmask.cli.plugins import load_plugins
+from cfmask.evaluation.metrics import OOD_AVG
+from cfmask.evaluation.plotting import draw_tradeoff, pyplot
+from cfmask.training.finetuner import CounterfactualFineTuner
+from cfmask.weightspace.ensembles import check_alphas, wise_checkpoints
 
 __all__ = (
     "ResultRow",
@@ -126,8 +131,6 @@ def load_datamodule(config: str | os.PathLike[str] | Mapping[str, Any]) -> Any:
     from jsonargparse import ArgumentParser
     from lightning.pytorch import LightningDataModule
 
-    from cfmask.cli import load_plugins
-
     load_plugins()
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
@@ -203,7 +206,8 @@ def wise_sweep(
         alphas: Distinct coefficients in ``[0, 1]``.
         output_dir: Folder of the checkpoints.
         data: Datamodule config (see :func:`load_datamodule`).
-        zeroshot: Optional zero-shot weights (see :func:`cfmask.ensembles.initial_weights`).
+        zeroshot: Optional zero-shot weights (see
+            :func:`cfmask.weightspace.ensembles.initial_weights`).
         results: CSV file; default ``<output_dir>/wise_results.csv``.
         method: Label of the sweep in the file and in plots.
         seed: Training seed of the fine-tuned run, recorded for error bars.
@@ -213,10 +217,6 @@ def wise_sweep(
         The results file and its rows, in the order of ``alphas``.
     """
     from lightning.pytorch.cli import instantiate_module
-
-    from cfmask.ensembles import check_alphas, wise_checkpoints
-    from cfmask.finetuner import CounterfactualFineTuner
-    from cfmask.weights import STUDENT_PREFIX, extract_prefixed, read_checkpoint
 
     check_alphas(alphas)
     spec = _data_spec(data)
@@ -407,8 +407,6 @@ def plot_results(
     Returns:
         ``output`` as a :class:`~pathlib.Path`.
     """
-    from cfmask.plotting import draw_tradeoff, pyplot
-
     rows = read_results(paths, labels)
     curves, points = group_rows(rows)
     plt = pyplot()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -12,11 +12,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from rich.console import Console
 from torch import Tensor
 
-from cfmask.reporting import results_table, write_results
-
-if TYPE_CHECKING:
-    from cfmask.objective import CounterfactualObjective
-    from cfmask.relevance.base import RelevanceMap
+from cfmask.evaluation.reporting import results_table, write_results
+from cfmask.functional.patches import check_object_masks, mask_overlap_rates, patch_mask_to_pixels
+from cfmask.masking.maskers import ObjectMasker
+from cfmask.relevance.attention import AttentionGradRelevance
+from cfmask.relevance.base import RelevanceMap
+from cfmask.training.finetuner import CounterfactualFineTuner
+from cfmask.training.objective import CounterfactualObjective
+from cfmask.training.visualization import counterfactual_grid
 
 __all__ = ("CounterfactualImageLogger", "MaskQualityMonitor", "TestResultsReport")
 
@@ -71,14 +74,14 @@ class TestResultsReport(pl.Callback):
 class CounterfactualImageLogger(pl.Callback):
     """Log, every ``every_n_steps`` optimiser steps, a picture of the counterfactual objective.
 
-    The picture (:func:`~cfmask.visualization.counterfactual_grid`) has one column per
+    The picture (:func:`~cfmask.training.visualization.counterfactual_grid`) has one column per
     image of a fixed batch (the first ``num_images`` images of the first training
     batch, with their object masks when the batch carries them) and one row each for
     the images, their relevance maps (when the fine-tuner has a relevance map), the
     masked patches and the counterfactual images, computed with the model as it is
     at that step by the fine-tuner's
-    :class:`~cfmask.objective.CounterfactualObjective` (its relevance map and
-    :meth:`~cfmask.objective.CounterfactualObjective.make_counterfactual`). It is
+    :class:`~cfmask.training.objective.CounterfactualObjective` (its relevance map and
+    :meth:`~cfmask.training.objective.CounterfactualObjective.make_counterfactual`). It is
     what to look at when a masking run behaves oddly: masks that cover the
     background instead of the object, relevance that collapses, refills that leave
     the object visible.
@@ -155,9 +158,6 @@ class CounterfactualImageLogger(pl.Callback):
         Returns:
             ``(3, H', W')`` image in ``[0, 1]``.
         """
-        from cfmask.finetuner import CounterfactualFineTuner
-        from cfmask.visualization import counterfactual_grid
-
         if not isinstance(pl_module, CounterfactualFineTuner):
             raise TypeError(
                 f"CounterfactualImageLogger needs a CounterfactualFineTuner, got "
@@ -195,7 +195,8 @@ class MaskQualityMonitor(pl.Callback):
     ``(B, H, W)`` masks (for example :class:`~cfmask.data.ImageFolderDataModule`
     with ``masks_root``). On every ``every_n_batches``-th training batch, before
     the optimisation step, it computes the relevance map of the current model the
-    way the fine-tuner does (:meth:`~cfmask.objective.CounterfactualObjective.relevance_scores`),
+    way the fine-tuner does
+    (:meth:`~cfmask.training.objective.CounterfactualObjective.relevance_scores`),
     thresholds it with :class:`~cfmask.masking.ObjectMasker` at each threshold,
     expands the patch masks to pixels and compares them with the object masks:
     image masking rate, object masking rate and IoU
@@ -235,8 +236,6 @@ class MaskQualityMonitor(pl.Callback):
         relevance: RelevanceMap | None = None,
     ) -> None:
         super().__init__()
-        from cfmask.masking.maskers import ObjectMasker
-
         if every_n_batches < 1:
             raise ValueError(f"every_n_batches must be >= 1, got {every_n_batches}")
         if not thresholds:
@@ -258,8 +257,6 @@ class MaskQualityMonitor(pl.Callback):
         """Measure this batch's masks before the optimisation step."""
         if batch is None or batch_idx % self.every_n_batches:
             return
-        from cfmask.finetuner import CounterfactualFineTuner
-
         if not isinstance(pl_module, CounterfactualFineTuner):
             raise TypeError(
                 f"MaskQualityMonitor needs a CounterfactualFineTuner, got "
@@ -297,13 +294,6 @@ class MaskQualityMonitor(pl.Callback):
         Raises:
             ValueError: If the masks do not match the images' ``(B, H, W)``.
         """
-        from cfmask.functional.patches import (
-            check_object_masks,
-            mask_overlap_rates,
-            patch_mask_to_pixels,
-        )
-        from cfmask.relevance.attention import AttentionGradRelevance
-
         check_object_masks(images, masks, type(self).__name__)
         relevance = self.relevance if self.relevance is not None else objective.relevance
         if relevance is None:  # a run without a relevance map: measure the default CAM

@@ -17,8 +17,8 @@ from typing import ClassVar, Literal
 import torch.nn.functional as F
 from torch import Tensor
 
-from cfmask.components import Component
-from cfmask.validation import check_number
+from cfmask.core.components import Component
+from cfmask.core.validation import check_number
 
 __all__ = (
     "DistillationLoss",

@@ -4,7 +4,7 @@ Pure functions that turn a batch, its patch relevance, its patch mask and its
 counterfactual view (Xiao et al., CVPR 2023, arXiv:2303.03052, Sec. 3.2 and
 Fig. 2) into one image grid: a row of the images, a row of relevance maps, a row
 with the masked patches tinted, and a row of the counterfactual images. The
-:class:`~cfmask.callbacks.CounterfactualImageLogger` callback logs that grid
+:class:`~cfmask.training.callbacks.CounterfactualImageLogger` callback logs that grid
 during training.
 """
 
