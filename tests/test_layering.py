@@ -1,6 +1,6 @@
 """The package's layers: every import points down, and no modules import each other in a ring.
 
-The rule is written in DEVELOPERS.md and docs/design.md. Every import statement
+The rule is written in DEVELOPERS.md and docs/architecture.md. Every import statement
 counts, at module level, under ``if TYPE_CHECKING:`` and inside functions
 (``tests/helpers/import_graph.py`` reads them with ``ast``).
 """
