@@ -15,13 +15,17 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from cfmask.components import Component
 
-__all__ = ("AttentionCaptureError", "DataConfig", "VisionBackbone")
+__all__ = ("AttentionCaptureError", "DataConfig", "TokenPooling", "VisionBackbone")
+
+TokenPooling = Literal["cls", "mean", "attention"]
+"""How a backbone's head reads the final token sequence (see :attr:`VisionBackbone.token_pooling`)."""
 
 
 class AttentionCaptureError(RuntimeError):
@@ -74,6 +78,24 @@ class VisionBackbone(Component):
     @abstractmethod
     def num_prefix_tokens(self) -> int:
         """Number of tokens before the patch tokens (1 for a CLS token)."""
+
+    @property
+    def token_pooling(self) -> TokenPooling:
+        """Which representation of the token sequence the head uses.
+
+        ``"cls"``: the class token (row 0); ``"mean"``: the mean of the patch tokens;
+        ``"attention"``: a latent-query attention pool, whose ``(B, heads, L, T)``
+        probabilities (``T`` may also be just the ``N`` patch tokens) come last in
+        :meth:`attention_probes`, after the blocks'. Relevance maps read the rollout at
+        this representation (:func:`cfmask.functional.relevance.attention_rollout`).
+        Adapters for heads of another kind must raise at construction.
+        """
+        return "cls"
+
+    @property
+    def supports_token_hiding(self) -> bool:
+        """Whether ``keep_index``/``key_mask`` work in :meth:`forward_features`."""
+        return True
 
     @property
     @abstractmethod
