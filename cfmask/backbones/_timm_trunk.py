@@ -195,7 +195,7 @@ def _latent_pool_forward(probes: list[Tensor] | None) -> Any:
         probs = scores.softmax(dim=-1)
         if probes is not None:
             probes.append(probs)
-        out = (probs @ v).transpose(1, 2).reshape(b, rows, c)
+        out: Tensor = (probs @ v).transpose(1, 2).reshape(b, rows, c)
         out = pool.proj_drop(pool.proj(out))
         if pool.mlp is not None:
             out = out + pool.mlp(pool.norm(out))
@@ -392,4 +392,3 @@ def masked_mean(tokens: Tensor, visible: Tensor) -> Tensor:
     """Mean over the visible rows of ``(B, T, D)`` tokens (``visible`` ``(B, T)`` bool)."""
     weight = visible.to(tokens.dtype)[..., None]
     return (tokens * weight).sum(1) / weight.sum(1).clamp_min(1)
-

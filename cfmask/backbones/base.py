@@ -25,7 +25,7 @@ from cfmask.components import Component
 __all__ = ("AttentionCaptureError", "DataConfig", "TokenPooling", "VisionBackbone")
 
 TokenPooling = Literal["cls", "mean", "attention"]
-"""How a backbone's head reads the final token sequence (see :attr:`VisionBackbone.token_pooling`)."""
+"""How a backbone's head reads the final token sequence (:attr:`VisionBackbone.token_pooling`)."""
 
 
 class AttentionCaptureError(RuntimeError):

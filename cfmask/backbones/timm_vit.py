@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 from torch import Tensor, nn
 
 from cfmask.backbones._pixels import register_normalisation, rgb_triple
