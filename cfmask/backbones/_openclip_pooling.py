@@ -146,23 +146,36 @@ def without_patch_dropout(owner: nn.Module, name: str) -> Iterator[None]:
 
 
 def pop_trunk_kwargs(model_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Split ``vision_cfg["timm_model_kwargs"]`` off a model config (open_clip rejects it)."""
+    """Split ``vision_cfg["timm_model_kwargs"]`` off a model config (open_clip rejects it).
+
+    With such arguments the returned config names timm's tiny ``test_vit`` as the
+    trunk, a placeholder that :func:`rebuild_timm_trunk` replaces: open_clip would
+    otherwise first build (and initialise) the full-size trunk. The real trunk name
+    is kept under ``vision_cfg["_trunk_name"]`` of the returned config's copy passed
+    to :func:`rebuild_timm_trunk`.
+
+    Returns:
+        The config for open_clip, and the ``vision_cfg`` (with the real trunk name and
+        the timm keyword arguments under ``"timm_model_kwargs"``) or ``None``.
+    """
     cfg = copy.deepcopy(model_cfg)
     vision = cfg.get("vision_cfg") or {}
     kwargs = vision.pop(TRUNK_KWARGS_KEY, None)
-    if kwargs is not None and not vision.get("timm_model_name"):
+    if kwargs is None:
+        return cfg, None
+    if not vision.get("timm_model_name"):
         raise ValueError(f"vision_cfg[{TRUNK_KWARGS_KEY!r}] needs a vision_cfg['timm_model_name']")
-    return cfg, (dict(kwargs) if kwargs is not None else None)
+    real = dict(vision, **{TRUNK_KWARGS_KEY: dict(kwargs)})
+    vision["timm_model_name"] = "test_vit"
+    return cfg, real
 
 
-def rebuild_timm_trunk(
-    visual: Any, vision_cfg: dict[str, Any], embed_dim: int, kwargs: dict[str, Any]
-) -> None:
+def rebuild_timm_trunk(visual: Any, vision_cfg: dict[str, Any], embed_dim: int) -> None:
     """Rebuild a ``TimmModel``'s trunk (and linear projection) with extra timm arguments.
 
     open_clip builds the trunk from the name alone, at the model's default image size;
-    this builds it as open_clip would, plus ``kwargs`` and ``img_size`` from
-    ``vision_cfg["image_size"]`` (tiny trunks for tests, other depths or widths).
+    this builds it as open_clip would, plus ``vision_cfg["timm_model_kwargs"]`` and
+    ``img_size`` from ``vision_cfg["image_size"]`` (tiny trunks for tests, other depths or widths).
 
     Raises:
         ValueError: For an ``"mlp"`` projection or a custom attention pool.
@@ -173,7 +186,7 @@ def rebuild_timm_trunk(
     proj = str(vision_cfg.get("timm_proj", "linear"))
     if proj == "mlp" or pool in ("abs_attn", "rot_attn"):
         raise ValueError(f"{TRUNK_KWARGS_KEY} supports timm_proj 'linear'/'none' and timm pools")
-    args = dict(kwargs)
+    args = dict(vision_cfg[TRUNK_KWARGS_KEY])
     args.setdefault("img_size", vision_cfg.get("image_size", 224))
     if vision_cfg.get("timm_drop_path") is not None:
         args["drop_path_rate"] = vision_cfg["timm_drop_path"]

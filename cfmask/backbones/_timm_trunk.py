@@ -156,6 +156,12 @@ def inspect_trunk(model: Any, model_name: str) -> TrunkSupport:
             f"blocks; cfmask supports timm's VisionTransformer, Eva, Beit and "
             f"VisionTransformerRelPos, whose token sequence and pooling it knows."
         )
+    if getattr(model, "head_dist", None) is not None:
+        raise TypeError(
+            f"{model_name!r} builds a {type(model).__name__}: its prediction averages two "
+            f"heads on two tokens (class and distillation token), a readout no relevance "
+            f"rule here matches; use the non-distilled model (e.g. 'deit3_small_patch16_224')."
+        )
     pooling = trunk_pooling(model, model_name)
     hiding: str | None = None
     if family in _RELATIVE_BIAS_CLASSES:

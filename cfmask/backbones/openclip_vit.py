@@ -125,7 +125,9 @@ class OpenCLIPViT(VisionBackbone):
     Raises:
         FileNotFoundError: If ``pretrained`` names a file path that does not exist.
         ValueError: On a contradictory QuickGELU setting or a bad template.
-        TypeError: If the image tower is not open_clip's ``VisionTransformer``.
+        TypeError: If the image tower is neither open_clip's ``VisionTransformer`` nor a
+            supported timm trunk (the message names the block class and the reason), or
+            if its pooling has no relevance readout.
 
     Example:
         >>> import torch
@@ -640,14 +642,14 @@ def _build_clip(
                 f"checkpoint as pretrained (HF_HUB_OFFLINE=1 makes hub lookups fail fast)."
             ) from err
         return model
-    cfg, trunk_kwargs = pop_trunk_kwargs(model_cfg)
+    cfg, trunk_cfg = pop_trunk_kwargs(model_cfg)
     if quick_gelu:
         cfg["quick_gelu"] = True
     custom_text = bool(cfg.pop("custom_text", False))
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
     model = cls(**cfg)
-    if trunk_kwargs is not None:
-        rebuild_timm_trunk(model.visual, cfg["vision_cfg"], int(cfg["embed_dim"]), trunk_kwargs)
+    if trunk_cfg is not None:
+        rebuild_timm_trunk(model.visual, trunk_cfg, int(cfg["embed_dim"]))
     if pretrained is not None:
         if not is_path and not Path(pretrained).expanduser().is_file():
             raise FileNotFoundError(
