@@ -202,7 +202,7 @@ class OpenCLIPViT(VisionBackbone):
         if class_names == CLASS_NAMES_FROM_DATAMODULE:
             clip.visual = nn.Identity()  # the image tower lives in self.visual
             self._text = _TextTower(clip, cfg_quick)
-            self.head = ZeroShotHead(torch.zeros(0, int(visual.output_dim)))
+            self.head = ZeroShotHead(torch.zeros(0, _image_embed_dim(visual)))
         else:
             names = list(open_clip.IMAGENET_CLASSNAMES if class_names is None else class_names)
             unit = self._class_embeddings(clip, names, self._templates(), cfg_quick, progress=True)
@@ -332,6 +332,16 @@ class OpenCLIPViT(VisionBackbone):
     def num_prefix_tokens(self) -> int:
         """One CLS token (open_clip's towers), or the timm trunk's prefix tokens."""
         return int(self._trunk.num_prefix_tokens) if self._trunk is not None else 1
+
+    @property
+    def logit_scale(self) -> float:
+        """The CLIP model's ``logit_scale.exp()``, which scales the head's unit rows."""
+        return self._logit_scale
+
+    @property
+    def logit_bias(self) -> float | None:
+        """The CLIP model's logit bias (SigLIP), the head's initial bias; else ``None``."""
+        return self._logit_bias
 
     @property
     def token_pooling(self) -> TokenPooling:
@@ -542,6 +552,19 @@ class OpenCLIPViT(VisionBackbone):
 
 
 # ---------------------------------------------------------------------- helpers
+def _image_embed_dim(visual: Any) -> int:
+    """Width of the image tower's output (open_clip's tower or a timm-trunk ``TimmModel``)."""
+    if hasattr(visual, "output_dim"):
+        return int(visual.output_dim)
+    linears = [m for m in visual.head.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return int(linears[-1].out_features)
+    trunk = visual.trunk
+    if int(getattr(trunk, "num_classes", 0)) > 0:
+        return int(trunk.num_classes)
+    return int(getattr(trunk, "head_hidden_size", None) or trunk.num_features)
+
+
 def _config_quick_gelu(model_name: str, model_cfg: dict[str, Any] | None) -> bool:
     if model_cfg is not None:
         return bool(model_cfg.get("quick_gelu", False))
