@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from cfmask.backbones.base import TokenPooling
 
-__all__ = ("FAMILIES", "ArchitectureFamily", "architectures_table")
+__all__ = ("FAMILIES", "REFUSED", "ArchitectureFamily", "architectures_table")
 
 _TINY_TIMM = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 _TINY_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
