@@ -208,16 +208,16 @@ FAMILIES: tuple[ArchitectureFamily, ...] = (
     ArchitectureFamily(
         "timm_trunk_named",
         "open_clip",
-        ("a registered timm trunk, here timm's `test_vit3` (160 px, MAP head)",),
+        ("a registered timm trunk, here timm's `test_vit` (160 px) with a MAP head",),
         "attention",
         _clip(
             {
-                "timm_model_name": "test_vit3",
+                "timm_model_name": "test_vit",
                 "timm_pool": "map",
                 "timm_proj": "none",
                 "image_size": 160,
             },
-            embed_dim=96,
+            embed_dim=64,
             custom_text=True,
             init_logit_bias=-10.0,
         ),
