@@ -14,6 +14,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +22,10 @@ from torch import Tensor, nn
 from cfmask.core.components import Component
 from cfmask.core.data_config import DataConfig
 
-__all__ = ("AttentionCaptureError", "DataConfig", "VisionBackbone")
+__all__ = ("AttentionCaptureError", "DataConfig", "TokenPooling", "VisionBackbone")
+
+TokenPooling = Literal["cls", "mean", "attention"]
+"""How a backbone's head reads the final token sequence (:attr:`VisionBackbone.token_pooling`)."""
 
 
 class AttentionCaptureError(RuntimeError):
@@ -57,6 +61,24 @@ class VisionBackbone(Component):
     @abstractmethod
     def num_prefix_tokens(self) -> int:
         """Number of tokens before the patch tokens (1 for a CLS token)."""
+
+    @property
+    def token_pooling(self) -> TokenPooling:
+        """Which representation of the token sequence the head uses.
+
+        ``"cls"``: the class token (row 0); ``"mean"``: the mean of the patch tokens;
+        ``"attention"``: a latent-query attention pool, whose ``(B, heads, L, T)``
+        probabilities (``T`` may also be just the ``N`` patch tokens) come last in
+        :meth:`attention_probes`, after the blocks'. Relevance maps read the rollout at
+        this representation (:func:`cfmask.functional.relevance.attention_rollout`).
+        Adapters for heads of another kind must raise at construction.
+        """
+        return "cls"
+
+    @property
+    def supports_token_hiding(self) -> bool:
+        """Whether ``keep_index``/``key_mask`` work in :meth:`forward_features`."""
+        return True
 
     @property
     @abstractmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import zipfile
@@ -17,9 +16,24 @@ import torch
 from torch import Tensor, nn
 
 from cfmask.backbones._openclip_attention import attention_patches
+from cfmask.backbones._openclip_pooling import (
+    explicit_pooler,
+    native_pooled,
+    native_pooling,
+    pop_trunk_kwargs,
+    rebuild_timm_trunk,
+    without_patch_dropout,
+)
 from cfmask.backbones._pixels import register_normalisation, rgb_triple
+from cfmask.backbones._timm_trunk import (
+    TrunkSupport,
+    inspect_trunk,
+    trunk_attention_probes,
+    trunk_pooled_features,
+    trunk_set_fused_attention,
+)
 from cfmask.backbones._tokens import hide_patch_tokens
-from cfmask.backbones.base import AttentionCaptureError, DataConfig, VisionBackbone
+from cfmask.backbones.base import AttentionCaptureError, DataConfig, TokenPooling, VisionBackbone
 from cfmask.backbones.clip_text import class_embeddings, default_templates
 from cfmask.backbones.clip_text import (
     encode_text_truncated as encode_text_truncated,  # older import path
@@ -69,6 +83,18 @@ class OpenCLIPViT(VisionBackbone):
     tower runs once per setting. It runs on a context truncated to the longest real
     prompt, which is exact for causal text towers.
 
+    **Image towers.** open_clip's own ``VisionTransformer`` (class-token, mean or CoCa
+    attentional pooling) and timm trunks (``TimmModel``: the SigLIP/SigLIP2 and
+    EVA-CLIP families, ``vit_medium_patch16_gap_256``, ...) are supported; a timm
+    trunk goes through the same attention capture and patch hiding as
+    :class:`~cfmask.backbones.TimmViT` (``cfmask.backbones._timm_trunk``), so BEiT-style
+    relative-position trunks cannot hide patch tokens. A custom ``model_cfg`` may give
+    ``vision_cfg["timm_model_kwargs"]`` (cfmask only, e.g. ``depth``/``embed_dim`` for a
+    tiny trunk); the trunk is then built by cfmask at ``vision_cfg["image_size"]``.
+    For a model with a logit bias (SigLIP, sigmoid-trained), the head starts with
+    that bias on every class: ``logit_scale * cos + logit_bias``, exactly open_clip's
+    image-to-text logits.
+
     **QuickGELU guard.** OpenAI's CLIP weights were trained with QuickGELU. When
     ``pretrained`` is ``"openai"``, or a file whose name contains ``openai`` or that is a
     TorchScript archive (the format OpenAI released), while the config does not enable
@@ -101,7 +127,9 @@ class OpenCLIPViT(VisionBackbone):
     Raises:
         FileNotFoundError: If ``pretrained`` names a file path that does not exist.
         ValueError: On a contradictory QuickGELU setting or a bad template.
-        TypeError: If the image tower is not open_clip's ``VisionTransformer``.
+        TypeError: If the image tower is neither open_clip's ``VisionTransformer`` nor a
+            supported timm trunk (the message names the block class and the reason), or
+            if its pooling has no relevance readout.
 
     Example:
         >>> import torch
@@ -140,17 +168,25 @@ class OpenCLIPViT(VisionBackbone):
 
         clip, quick_gelu = build_open_clip_model(model_name, pretrained, model_cfg)
         visual: Any = clip.visual
-        missing = [
-            a
-            for a in ("_embeds", "_pool", "transformer", "grid_size", "proj")
-            if not hasattr(visual, a)
-        ]
-        if missing:
-            raise TypeError(
-                f"OpenCLIPViT needs open_clip's VisionTransformer image tower (open_clip>=3.0); "
-                f"{model_name!r} has a {type(visual).__name__} without {missing}."
-            )
-        visual.output_tokens = False
+        self._trunk: Any = getattr(visual, "trunk", None)
+        self._trunk_support: TrunkSupport | None = None
+        if self._trunk is not None:  # open_clip's TimmModel (SigLIP, EVA-CLIP, ...)
+            self._trunk_support = inspect_trunk(self._trunk, model_name)
+            self._pooling: TokenPooling = self._trunk_support.pooling
+        else:
+            missing = [
+                a
+                for a in ("_embeds", "_pool", "transformer", "grid_size", "proj")
+                if not hasattr(visual, a)
+            ]
+            if missing:
+                raise TypeError(
+                    f"OpenCLIPViT needs open_clip's VisionTransformer image tower "
+                    f"(open_clip>=3.0) or a timm ViT trunk; {model_name!r} has a "
+                    f"{type(visual).__name__} without {missing}."
+                )
+            self._pooling = native_pooling(visual, model_name)
+            visual.output_tokens = False
         if self.grad_checkpointing:
             visual.set_grad_checkpointing(True)
 
@@ -161,16 +197,18 @@ class OpenCLIPViT(VisionBackbone):
             )
         cfg_quick = quick_gelu or _config_quick_gelu(model_name, model_cfg)
         self._logit_scale = float(clip.logit_scale.detach().exp().flatten()[0])
+        bias = getattr(clip, "logit_bias", None)  # SigLIP's sigmoid-loss bias
+        self._logit_bias = None if bias is None else float(bias.detach().flatten()[0])
         self.visual: Any = visual
         self._text: _TextTower | None = None
         if class_names == CLASS_NAMES_FROM_DATAMODULE:
             clip.visual = nn.Identity()  # the image tower lives in self.visual
             self._text = _TextTower(clip, cfg_quick)
-            self.head = ZeroShotHead(torch.zeros(0, int(visual.output_dim)))
+            self.head = ZeroShotHead(torch.zeros(0, _image_embed_dim(visual)))
         else:
             names = list(open_clip.IMAGENET_CLASSNAMES if class_names is None else class_names)
             unit = self._class_embeddings(clip, names, self._templates(), cfg_quick, progress=True)
-            self.head = ZeroShotHead(unit * self._logit_scale)
+            self.head = ZeroShotHead(unit * self._logit_scale, self._head_bias(len(names)))
         del clip  # the text tower and logit scale are not part of this module
 
         pp = getattr(visual, "preprocess_cfg", None) or {}
@@ -260,9 +298,19 @@ class OpenCLIPViT(VisionBackbone):
                 f"head weight must have shape {expected} for {len(names)} class names, "
                 f"got {tuple(weight.shape)}"
             )
-        self.head = ZeroShotHead(weight.to(self.mean_buffer.device))
+        bias = self._head_bias(len(names))
+        self.head = ZeroShotHead(
+            weight.to(self.mean_buffer.device),
+            None if bias is None else bias.to(self.mean_buffer.device),
+        )
         self.class_names = names
         self._text = None
+
+    def _head_bias(self, num_classes: int) -> Tensor | None:
+        """``(K,)`` initial head bias: the model's logit bias (SigLIP), else ``None``."""
+        if self._logit_bias is None:
+            return None
+        return torch.full((num_classes,), self._logit_bias)
 
     def _templates(self) -> list[str]:
         return list(self.templates) if self.templates is not None else default_templates()
@@ -271,19 +319,42 @@ class OpenCLIPViT(VisionBackbone):
     @property
     def patch_size(self) -> int:
         """Side of one square patch, in pixels."""
-        size = self.visual.patch_size
+        owner = self._trunk.patch_embed if self._trunk is not None else self.visual
+        size = owner.patch_size
         return int(size[0] if isinstance(size, tuple | list) else size)
 
     @property
     def grid_size(self) -> tuple[int, int]:
         """Number of patches along height and width."""
-        gh, gw = self.visual.grid_size
+        owner = self._trunk.patch_embed if self._trunk is not None else self.visual
+        gh, gw = owner.grid_size
         return int(gh), int(gw)
 
     @property
     def num_prefix_tokens(self) -> int:
-        """One CLS token."""
-        return 1
+        """One CLS token (open_clip's towers), or the timm trunk's prefix tokens."""
+        return int(self._trunk.num_prefix_tokens) if self._trunk is not None else 1
+
+    @property
+    def logit_scale(self) -> float:
+        """The CLIP model's ``logit_scale.exp()``, which scales the head's unit rows."""
+        return self._logit_scale
+
+    @property
+    def logit_bias(self) -> float | None:
+        """The CLIP model's logit bias (SigLIP), the head's initial bias; else ``None``."""
+        return self._logit_bias
+
+    @property
+    def token_pooling(self) -> TokenPooling:
+        """``"cls"``, ``"mean"`` or ``"attention"`` (CoCa's pooler, SigLIP's MAP head)."""
+        return self._pooling
+
+    @property
+    def supports_token_hiding(self) -> bool:
+        """``False`` for timm trunks with a relative position bias."""
+        support = self._trunk_support
+        return support is None or support.token_hiding is None
 
     @property
     def feature_dim(self) -> int:
@@ -330,19 +401,30 @@ class OpenCLIPViT(VisionBackbone):
         visual = self.visual
         if keep_index is None and key_mask is None:
             return visual(x)  # type: ignore[no-any-return]
-        tokens, bias = hide_patch_tokens(
-            visual._embeds(x), keep_index, key_mask, self.num_patches, 1
-        )
+        if self._trunk is not None and self._trunk_support is not None:
+            pooled = trunk_pooled_features(
+                self._trunk,
+                self._trunk_support,
+                x,
+                keep_index,
+                key_mask,
+                self.num_patches,
+                self.model_name,
+            )
+            return visual.head(self._trunk.head(pooled))  # type: ignore[no-any-return]
+        with without_patch_dropout(visual, "patch_dropout"):  # hidden patches leave anyway
+            embedded = visual._embeds(x)
+        tokens, bias = hide_patch_tokens(embedded, keep_index, key_mask, self.num_patches, 1)
         mask: Tensor | None = None
         if bias is not None:  # open_clip takes a (B * heads, T, T) mask
             b, t = tokens.shape[:2]
             heads = visual.transformer.resblocks[0].attn.num_heads
             mask = bias.expand(b, heads, t, t).reshape(b * heads, t, t)
         tokens = visual.transformer(tokens, attn_mask=mask)
-        pooled, _ = visual._pool(tokens)
+        pooled = native_pooled(visual, self._pooling, tokens, bias)
         if visual.proj is not None:
             pooled = pooled @ visual.proj
-        return pooled  # type: ignore[no-any-return]
+        return pooled
 
     def forward_head(self, features: Tensor) -> Tensor:
         """Map ``(B, D)`` embeddings to ``(B, K)`` zero-shot logits."""
@@ -385,8 +467,23 @@ class OpenCLIPViT(VisionBackbone):
                 "attention probes are already active on this backbone; nested probing "
                 "is not supported."
             )
+        if self._trunk is not None:
+            self._probing = True
+            try:
+                with trunk_attention_probes(self._trunk, self.model_name) as trunk_probes:
+                    yield trunk_probes
+            finally:
+                self._probing = False
+            return
         probes: list[Tensor] = []
         patches = attention_patches(self.visual, self.model_name, probes)
+        pooler = getattr(self.visual, "attn_pool", None)
+        if pooler is not None:  # CoCa: record the pool's attention after the blocks'
+
+            def pool_forward(x: Tensor) -> Tensor:
+                return explicit_pooler(pooler, x, None, probes)
+
+            patches.append((pooler, "forward", pool_forward))
         saved = [owner.__dict__.get(name) for owner, name, _ in patches]
         transformer = self.visual.transformer
         checkpointing = bool(getattr(transformer, "grad_checkpointing", False))
@@ -422,6 +519,9 @@ class OpenCLIPViT(VisionBackbone):
         """
         if self._probing:
             raise AttentionCaptureError("cannot switch attention while probes are active")
+        if self._trunk is not None:
+            trunk_set_fused_attention(self._trunk, self.model_name, enabled)
+            return
         for owner, name, method in attention_patches(self.visual, self.model_name, None):
             if enabled:
                 owner.__dict__.pop(name, None)
@@ -457,6 +557,19 @@ class OpenCLIPViT(VisionBackbone):
 
 
 # ---------------------------------------------------------------------- helpers
+def _image_embed_dim(visual: Any) -> int:
+    """Width of the image tower's output (open_clip's tower or a timm-trunk ``TimmModel``)."""
+    if hasattr(visual, "output_dim"):
+        return int(visual.output_dim)
+    linears = [m for m in visual.head.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return int(linears[-1].out_features)
+    trunk = visual.trunk
+    if int(getattr(trunk, "num_classes", 0)) > 0:
+        return int(trunk.num_classes)
+    return int(getattr(trunk, "head_hidden_size", None) or trunk.num_features)
+
+
 def _config_quick_gelu(model_name: str, model_cfg: dict[str, Any] | None) -> bool:
     if model_cfg is not None:
         return bool(model_cfg.get("quick_gelu", False))
@@ -557,12 +670,14 @@ def _build_clip(
                 f"checkpoint as pretrained (HF_HUB_OFFLINE=1 makes hub lookups fail fast)."
             ) from err
         return model
-    cfg = copy.deepcopy(model_cfg)
+    cfg, trunk_cfg = pop_trunk_kwargs(model_cfg)
     if quick_gelu:
         cfg["quick_gelu"] = True
     custom_text = bool(cfg.pop("custom_text", False))
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
     model = cls(**cfg)
+    if trunk_cfg is not None:
+        rebuild_timm_trunk(model.visual, trunk_cfg, int(cfg["embed_dim"]))
     if pretrained is not None:
         if not is_path and not Path(pretrained).expanduser().is_file():
             raise FileNotFoundError(

@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
-from torch.utils.hooks import RemovableHandle
 
 from cfmask.backbones._pixels import register_normalisation, rgb_triple
-from cfmask.backbones._tokens import hide_patch_tokens
+from cfmask.backbones._timm_trunk import (
+    TokenPooling,
+    inspect_trunk,
+    trunk_attention_probes,
+    trunk_pooled_features,
+    trunk_set_fused_attention,
+)
 from cfmask.backbones._weights import load_state_dict_file
 from cfmask.backbones.base import AttentionCaptureError, DataConfig, VisionBackbone
 
@@ -25,7 +28,6 @@ log = logging.getLogger(__name__)
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-_VIT_PARTS = ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head", "num_prefix_tokens")
 
 
 class TimmViT(VisionBackbone):
@@ -67,7 +69,13 @@ class TimmViT(VisionBackbone):
 
     Raises:
         FileNotFoundError: If ``pretrained`` is a path that does not exist.
-        TypeError: If ``model_name`` is not a ViT-style timm model.
+        TypeError: If ``model_name`` is not a timm ViT whose attention cfmask can capture
+            (``VisionTransformer``, ``Eva``, ``Beit``, ``VisionTransformerRelPos`` with
+            timm's attention blocks), naming the block class and the reason; or if its
+            pooling has no relevance readout (max pooling, no pooling).
+        NotImplementedError: From :meth:`forward_features` with ``keep_index`` or
+            ``key_mask`` on BEiT / ``vit_relpos`` models (relative position bias over
+            the full grid), with the reason.
 
     Example:
         >>> import torch
@@ -123,13 +131,7 @@ class TimmViT(VisionBackbone):
                     f"local state-dict path, pretrained=True for timm's hub weights, or False."
                 )
         self.model: Any = timm.create_model(model_name, pretrained=pretrained is True, **kwargs)
-        missing = [p for p in _VIT_PARTS if not hasattr(self.model, p)]
-        if missing:
-            raise TypeError(
-                f"TimmViT needs a timm VisionTransformer; {model_name!r} builds a "
-                f"{type(self.model).__name__} without {missing}. Use a ViT model name such "
-                f"as 'vit_base_patch32_clip_224.openai'."
-            )
+        self._support = inspect_trunk(self.model, model_name)
         if file is not None:
             self._load_file(file)
         self.grad_checkpointing = bool(grad_checkpointing)
@@ -181,6 +183,16 @@ class TimmViT(VisionBackbone):
         return int(self.model.num_prefix_tokens)
 
     @property
+    def token_pooling(self) -> TokenPooling:
+        """``"cls"``, ``"mean"`` (``global_pool="avg"``) or ``"attention"`` (``"map"``)."""
+        return self._support.pooling
+
+    @property
+    def supports_token_hiding(self) -> bool:
+        """``False`` for relative-position-bias families (BEiT, ``vit_relpos``)."""
+        return self._support.token_hiding is None
+
+    @property
     def feature_dim(self) -> int:
         """Dimension of the pooled pre-logits feature."""
         return int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
@@ -226,25 +238,9 @@ class TimmViT(VisionBackbone):
             ``(B, D)`` features.
         """
         x = (images - self.mean_buffer) / self.std_buffer
-        model = self.model
-        if keep_index is None and key_mask is None:
-            return model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[no-any-return]
-        tokens = model.patch_embed(x)
-        tokens = model._pos_embed(tokens)
-        tokens = model.patch_drop(tokens)
-        tokens = model.norm_pre(tokens)
-        tokens, bias = hide_patch_tokens(
-            tokens, keep_index, key_mask, self.num_patches, self.num_prefix_tokens
+        return trunk_pooled_features(
+            self.model, self._support, x, keep_index, key_mask, self.num_patches, self.model_name
         )
-        checkpointed = bool(model.grad_checkpointing) and torch.is_grad_enabled()
-        for blk in model.blocks:
-            kwargs: dict[str, Any] = {"attn_mask": bias} if bias is not None else {}
-            if checkpointed:
-                tokens = checkpoint(blk, tokens, use_reentrant=False, **kwargs)
-            else:
-                tokens = blk(tokens, **kwargs)
-        tokens = model.norm(tokens)
-        return model.forward_head(tokens, pre_logits=True)  # type: ignore[no-any-return]
 
     def forward_head(self, features: Tensor) -> Tensor:
         """Map ``(B, D)`` features to ``(B, K)`` logits with timm's classifier."""
@@ -274,42 +270,11 @@ class TimmViT(VisionBackbone):
                 "attention_probes() is already active on this backbone; nested probing "
                 "is not supported."
             )
-        attns: list[Any] = []
-        for i, blk in enumerate(self.model.blocks):
-            attn = getattr(blk, "attn", None)
-            if not (
-                hasattr(attn, "fused_attn")
-                and isinstance(getattr(attn, "attn_drop", None), nn.Module)
-            ):
-                raise AttentionCaptureError(
-                    f"cannot capture attention of {self.model_name!r}: block {i} "
-                    f"({type(blk).__name__}) has no attn.fused_attn/attn.attn_drop of timm's "
-                    f"Attention; use a timm VisionTransformer with standard attention blocks."
-                )
-            attns.append(attn)
-        probes: list[Tensor] = []
-
-        def record(_module: nn.Module, args: tuple[Tensor, ...], _output: Tensor) -> None:
-            probes.append(args[0])
-
-        flags = [a.fused_attn for a in attns]
-        handles: list[RemovableHandle] = []
-        checkpointing = bool(getattr(self.model, "grad_checkpointing", False))
         self._probing = True
         try:
-            if checkpointing:
-                self.model.set_grad_checkpointing(False)
-            for a in attns:
-                a.fused_attn = False
-                handles.append(a.attn_drop.register_forward_hook(record))
-            yield probes
+            with trunk_attention_probes(self.model, self.model_name) as probes:
+                yield probes
         finally:
-            for h in handles:
-                h.remove()
-            for a, flag in zip(attns, flags, strict=True):
-                a.fused_attn = flag
-            if checkpointing:
-                self.model.set_grad_checkpointing(True)
             self._probing = False
 
     def set_fused_attention(self, enabled: bool) -> None:
@@ -326,14 +291,7 @@ class TimmViT(VisionBackbone):
         Raises:
             AttentionCaptureError: If a block has no timm ``fused_attn`` flag.
         """
-        for i, blk in enumerate(self.model.blocks):
-            attn: Any = getattr(blk, "attn", None)
-            if not hasattr(attn, "fused_attn"):
-                raise AttentionCaptureError(
-                    f"block {i} of {self.model_name!r} ({type(blk).__name__}) has no "
-                    "attn.fused_attn flag to switch."
-                )
-            attn.fused_attn = bool(enabled)
+        trunk_set_fused_attention(self.model, self.model_name, enabled)
 
     # ----------------------------------------------------------------- weights
     def _load_file(self, file: Path) -> None:

@@ -18,7 +18,7 @@ from cfmask.functional.patches import (
     patch_coverage,
     patch_mask_to_pixels,
 )
-from cfmask.functional.relevance import attention_grad_rollout, attention_rollout
+from cfmask.functional.relevance import attention_grad_rollout, attention_rollout, read_relevance
 
 __all__: tuple[str, ...] = (
     "attention_grad_rollout",
@@ -32,6 +32,7 @@ __all__: tuple[str, ...] = (
     "normalize_by_max",
     "patch_coverage",
     "patch_mask_to_pixels",
+    "read_relevance",
     "random_keep_count_mask",
     "random_patch_mask",
     "refill_from_donors",

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from cfmask.backbones.base import VisionBackbone
+from cfmask.backbones.base import AttentionCaptureError, VisionBackbone
 from cfmask.functional.relevance import attention_grad_rollout, attention_rollout
 from cfmask.relevance.base import RelevanceMap, RelevanceWithOutputs
 
@@ -40,6 +40,24 @@ def _check_inputs(backbone: VisionBackbone, images: Tensor, targets: Tensor) -> 
         raise ValueError(f"targets must hold integer class indices, got {targets.dtype}")
 
 
+def _split_pool(
+    backbone: VisionBackbone, probes: list[Tensor]
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The blocks' probabilities, and the attention pool's (a list of 0 or 1 tensors).
+
+    Raises:
+        AttentionCaptureError: If an attention-pool backbone recorded no pool attention.
+    """
+    if backbone.token_pooling != "attention":
+        return probes, []
+    if len(probes) < 2 or probes[-1].shape[-2] == probes[-1].shape[-1]:
+        raise AttentionCaptureError(
+            f"{type(backbone).__name__} pools with attention but its probes hold no pool "
+            "attention after the blocks' (the adapter must record it last)."
+        )
+    return probes[:-1], probes[-1:]
+
+
 def _normalise(cam: Tensor) -> Tensor:
     """Divide each image's scores by its maximum (no min subtraction), as the reference."""
     return cam / (cam.amax(dim=1, keepdim=True) + _EPS)
@@ -53,8 +71,10 @@ class AttentionGradRelevance(RelevanceMap):
     blocks, ``R <- R + mean_h[(dy/dA * A)^+] R`` from ``R = I``, where ``A`` are the
     per-head post-softmax probabilities and ``y = sum_i logit_i[target_i]`` is the sum of
     the ground-truth logits (the 100-times scaled cosine logits of a zero-shot CLIP head). The map
-    is the CLS row over the patch tokens, divided by its per-image maximum (+1e-8),
-    without min subtraction.
+    is read at the representation the head uses (``backbone.token_pooling``): the CLS
+    row, the mean of the patch rows, or the attention pool's row folded in as one more
+    step (see :mod:`cfmask.functional.relevance`); over the patch tokens, divided by its
+    per-image maximum (+1e-8), without min subtraction.
 
     The pass runs with gradients enabled (also inside ``torch.no_grad``), on detached
     inputs, with the backbone temporarily in eval mode (every submodule's mode is
@@ -99,9 +119,23 @@ class AttentionGradRelevance(RelevanceMap):
             )
         return probes[-self.last_blocks :]
 
-    def _rollout(self, used: list[Tensor], grads: Sequence[Tensor], prefix: int) -> Tensor:
+    def _rollout(
+        self,
+        backbone: VisionBackbone,
+        used: list[Tensor],
+        pool: list[Tensor],
+        grads: Sequence[Tensor],
+    ) -> Tensor:
         attentions = [p.detach().float() for p in used]
-        cam = attention_grad_rollout(attentions, [g.float() for g in grads], prefix)
+        grads = [g.float() for g in grads]
+        cam = attention_grad_rollout(
+            attentions,
+            grads[: len(used)],
+            backbone.num_prefix_tokens,
+            backbone.token_pooling,
+            pool[0].detach().float() if pool else None,
+            grads[len(used)] if pool else None,
+        )
         return _normalise(cam).detach()
 
     def forward(self, backbone: VisionBackbone, images: Tensor, targets: Tensor) -> Tensor:
@@ -120,9 +154,10 @@ class AttentionGradRelevance(RelevanceMap):
         with _eval_mode(backbone), torch.enable_grad(), backbone.attention_probes() as probes:
             logits = backbone(inputs)
             score = logits.gather(1, targets.long()[:, None]).sum()
-            used = self._used(probes)
-            grads = torch.autograd.grad(score, used)
-        return self._rollout(used, grads, backbone.num_prefix_tokens)
+            blocks, pool = _split_pool(backbone, probes)
+            used = self._used(blocks)
+            grads = torch.autograd.grad(score, used + pool)
+        return self._rollout(backbone, used, pool, grads)
 
     def forward_with_outputs(
         self, backbone: VisionBackbone, images: Tensor, targets: Tensor
@@ -155,17 +190,20 @@ class AttentionGradRelevance(RelevanceMap):
                     "forward_with_outputs needs a backbone with trainable parameters; "
                     "use the relevance map's forward() for a frozen model."
                 )
-            used = self._used(probes)
-            grads = torch.autograd.grad(score, used, retain_graph=True)
-        scores = self._rollout(used, grads, backbone.num_prefix_tokens)
+            blocks, pool = _split_pool(backbone, probes)
+            used = self._used(blocks)
+            grads = torch.autograd.grad(score, used + pool, retain_graph=True)
+        scores = self._rollout(backbone, used, pool, grads)
         return RelevanceWithOutputs(scores, features, logits)
 
 
 class AttentionRolloutRelevance(RelevanceMap):
     """Gradient-free attention rollout (Abnar & Zuidema, ACL 2020), class-agnostic.
 
-    ``R = prod_l (0.5 I + 0.5 mean_h A_l)`` over all blocks; the CLS row over the patch
-    tokens, divided by its per-image maximum. ``targets`` are ignored. A cheaper,
+    ``R = prod_l (0.5 I + 0.5 mean_h A_l)`` over all blocks, read at the representation
+    the head uses (CLS row, mean of the patch rows, or the attention pool's row times
+    ``R``; see :mod:`cfmask.functional.relevance`), over the patch tokens, divided by
+    its per-image maximum. ``targets`` are ignored. A cheaper,
     label-free alternative to :class:`AttentionGradRelevance` (one forward pass under
     ``no_grad``, backbone temporarily in eval mode).
 
@@ -192,5 +230,11 @@ class AttentionRolloutRelevance(RelevanceMap):
         _check_inputs(backbone, images, targets)
         with _eval_mode(backbone), torch.no_grad(), backbone.attention_probes() as probes:
             backbone(images.detach())
-            cam = attention_rollout([p.float() for p in probes], backbone.num_prefix_tokens)
+            blocks, pool = _split_pool(backbone, probes)
+            cam = attention_rollout(
+                [p.float() for p in blocks],
+                backbone.num_prefix_tokens,
+                backbone.token_pooling,
+                pool[0].float() if pool else None,
+            )
         return _normalise(cam).detach()

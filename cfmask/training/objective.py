@@ -104,7 +104,10 @@ def has_stochastic_layers(module: nn.Module) -> bool:
     """Whether ``module`` has layers whose train-mode output differs from eval mode.
 
     Dropout with ``p > 0``, stochastic depth (timm ``DropPath``) with a positive
-    rate, and batch norm.
+    rate, batch norm, patch dropout with a positive rate (timm ``PatchDropout`` /
+    ``PatchDropoutWithIndices`` from ``patch_drop_rate``, open_clip ``PatchDropout``
+    from ``patch_dropout``), and rotary position embeddings with train-time coordinate
+    augmentation (timm's ``aug_active`` flag, random shift/jitter/rescale).
 
     Args:
         module: Any module.
@@ -117,7 +120,12 @@ def has_stochastic_layers(module: nn.Module) -> bool:
             return True
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             return True
-        if type(m).__name__ == "DropPath" and float(getattr(m, "drop_prob", 0.0)) > 0:
+        kind = type(m).__name__
+        if kind == "DropPath" and float(getattr(m, "drop_prob", 0.0)) > 0:
+            return True
+        if kind.startswith("PatchDropout") and float(getattr(m, "prob", 0.0)) > 0:
+            return True
+        if bool(getattr(m, "aug_active", False)):
             return True
     return False
 
