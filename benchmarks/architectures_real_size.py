@@ -27,9 +27,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from cfmask import CounterfactualObjective
 from cfmask.backbones import OpenCLIPViT, TimmViT, VisionBackbone
 from cfmask.masking import ObjectMasker, SingleImageRefiller
-from cfmask import CounterfactualObjective
 from cfmask.relevance import AttentionGradRelevance
 
 NUM_CLASSES = 10

@@ -26,11 +26,11 @@ from torch import Tensor
 from cfmask import CounterfactualFineTuner
 from cfmask.backbones import OpenCLIPViT, TimmViT, VisionBackbone
 from cfmask.backbones.families import FAMILIES, ArchitectureFamily, architectures_table
-from cfmask.weightspace.export import export_checkpoint
 from cfmask.masking import ObjectMasker, RandomMasker, SingleImageRefiller, TokenDropRefiller
-from cfmask.training.objective import CounterfactualObjective
 from cfmask.relevance import AttentionGradRelevance, AttentionRolloutRelevance
 from cfmask.testing import TINY_CLASS_NAMES, TINY_TEMPLATES
+from cfmask.training.objective import CounterfactualObjective
+from cfmask.weightspace.export import export_checkpoint
 
 DOCS_PAGE = Path(__file__).parents[2] / "docs" / "architectures.md"
 

@@ -15,9 +15,9 @@ from cfmask.backbones import OpenCLIPViT, TimmViT
 from cfmask.backbones.families import FAMILIES
 from cfmask.backbones.openclip_vit import build_open_clip_model
 from cfmask.masking import ObjectMasker, SingleImageRefiller
-from cfmask.training.objective import CounterfactualObjective, has_stochastic_layers
 from cfmask.relevance import AttentionGradRelevance
 from cfmask.testing import tiny_clip_args, tiny_timm_args
+from cfmask.training.objective import CounterfactualObjective, has_stochastic_layers
 
 NAMES = ["cat", "dog", "bird", "fish"]
 TEMPLATE = "a photo of a {}."
