@@ -84,10 +84,14 @@ class Refiller(Component):
     """Build counterfactual images from a batch and a patch mask.
 
     :attr:`min_batch_size` is the smallest batch the refiller can work with
-    (2 for refillers that take patches from other images).
+    (2 for refillers that take patches from other images). :attr:`hides_tokens` is
+    ``True`` for refillers whose counterfactual hides patch tokens from the backbone
+    (``keep_index`` or ``key_mask``) instead of changing pixels; they need a backbone
+    whose :attr:`~cfmask.backbones.VisionBackbone.supports_token_hiding` is ``True``.
     """
 
     min_batch_size: ClassVar[int] = 1
+    hides_tokens: ClassVar[bool] = False
 
     @abstractmethod
     def forward(self, images: Tensor, mask: Tensor, patch_size: int) -> Counterfactual:

@@ -216,6 +216,8 @@ class TokenDropRefiller(Refiller):
         tensor([[1, 3]])
     """
 
+    hides_tokens: ClassVar[bool] = True
+
     def __init__(self) -> None:
         super().__init__()
 
@@ -255,6 +257,8 @@ class AttentionMaskRefiller(Refiller):
         >>> AttentionMaskRefiller()(torch.zeros(1, 3, 4, 4), mask, patch_size=2).key_mask
         tensor([[ True, False, False, False]])
     """
+
+    hides_tokens: ClassVar[bool] = True
 
     def __init__(self) -> None:
         super().__init__()

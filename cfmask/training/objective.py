@@ -200,7 +200,9 @@ class CounterfactualObjective(nn.Module):
         relevance: The relevance map or ``None``.
 
     Raises:
-        ValueError: For an unknown ``relevance_source``.
+        ValueError: For an unknown ``relevance_source``, or a refiller that hides patch
+            tokens (:attr:`~cfmask.masking.Refiller.hides_tokens`) with a backbone that
+            cannot hide them.
 
     Example:
         >>> import torch
@@ -240,6 +242,14 @@ class CounterfactualObjective(nn.Module):
                 relevance = AttentionGradRelevance()
         if distillation is None:
             distillation = [FeatureDistillationLoss()]
+        if refiller is not None and refiller.hides_tokens and not student.supports_token_hiding:
+            raise ValueError(
+                f"{type(refiller).__name__} hides patch tokens, which "
+                f"{type(student).__name__} cannot do for this model (a relative position "
+                "bias over the full patch grid, as in BEiT and vit_relpos); use a pixel "
+                "refiller such as SingleImageRefiller or MultiImageRefiller "
+                "(docs/architectures.md lists what each family supports)"
+            )
 
         self.relevance_source: RelevanceSource = relevance_source
         self.fuse_student_passes = fuse_student_passes

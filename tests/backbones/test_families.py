@@ -26,7 +26,13 @@ from torch import Tensor
 from cfmask import CounterfactualFineTuner
 from cfmask.backbones import OpenCLIPViT, TimmViT, VisionBackbone
 from cfmask.backbones.families import FAMILIES, ArchitectureFamily, architectures_table
-from cfmask.masking import ObjectMasker, RandomMasker, SingleImageRefiller, TokenDropRefiller
+from cfmask.masking import (
+    AttentionMaskRefiller,
+    ObjectMasker,
+    RandomMasker,
+    SingleImageRefiller,
+    TokenDropRefiller,
+)
 from cfmask.relevance import AttentionGradRelevance, AttentionRolloutRelevance
 from cfmask.testing import TINY_CLASS_NAMES, TINY_TEMPLATES
 from cfmask.training.objective import CounterfactualObjective
@@ -116,10 +122,10 @@ def test_family(family: ArchitectureFamily, tmp_path: Path) -> None:
     assert torch.isfinite(torch.tensor(_step(objective, images, targets)))
 
     # one step with token-drop random masks (or a refusal that names the reason)
-    dropping = CounterfactualObjective(
-        backbone, RandomMasker(0.5, exact_count=True), TokenDropRefiller()
-    )
     if family.token_hiding:
+        dropping = CounterfactualObjective(
+            backbone, RandomMasker(0.5, exact_count=True), TokenDropRefiller()
+        )
         assert torch.isfinite(torch.tensor(_step(dropping, images, targets)))
         backbone.eval()
         n = backbone.num_patches
@@ -133,8 +139,13 @@ def test_family(family: ArchitectureFamily, tmp_path: Path) -> None:
                 atol=1e-5,
             )
     else:
-        with pytest.raises(NotImplementedError, match="relative position bias"):
-            _step(dropping, images, targets)
+        # refused when the objective is built, naming the refiller and the reason
+        with pytest.raises(ValueError, match=r"TokenDropRefiller hides .*relative position bias"):
+            CounterfactualObjective(
+                backbone, RandomMasker(0.5, exact_count=True), TokenDropRefiller()
+            )
+        with pytest.raises(ValueError, match="AttentionMaskRefiller hides"):
+            CounterfactualObjective(backbone, RandomMasker(0.5), AttentionMaskRefiller())
 
     # checkpoint save / load
     model = CounterfactualFineTuner(backbone, distillation=[])
