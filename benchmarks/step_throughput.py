@@ -367,14 +367,21 @@ def prepare_method(
     return _Prepared(step=step, objective=objective, peak_mb=peak_mb, times=[])
 
 
-def time_steps(prepared: _Prepared, device: torch.device, steps: int) -> None:
+#: Clocks a step can be timed with: wall time, or the CPU time of this process (with one
+#: torch thread on a shared machine, CPU time does not count the time other jobs hold
+#: the core, so it is the steadier measure there; it cannot see GPU work).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_steps(prepared: _Prepared, device: torch.device, steps: int, clock: str = "wall") -> None:
     """Time ``steps`` consecutive steps and append the mean seconds per step."""
+    now = CLOCKS[clock]
     _sync(device)
-    start = time.perf_counter()
+    start = now()
     for _ in range(steps):
         prepared.step()
     _sync(device)
-    prepared.times.append((time.perf_counter() - start) / steps)
+    prepared.times.append((now() - start) / steps)
 
 
 def run_benchmark(
@@ -390,6 +397,7 @@ def run_benchmark(
     grad_checkpointing: bool = False,
     sequential: bool = False,
     log: Callable[[str], None] | None = None,
+    clock: str = "wall",
 ) -> list[Result]:
     """Measure every method on every model.
 
@@ -411,6 +419,7 @@ def run_benchmark(
         grad_checkpointing: Build the backbones with gradient checkpointing.
         sequential: One method in memory at a time.
         log: Receives progress lines.
+        clock: A key of :data:`CLOCKS`.
 
     Returns:
         One :class:`Result` per (model, method).
@@ -451,7 +460,7 @@ def run_benchmark(
                 }
                 for _ in range(repeats):
                     for p in prepared.values():
-                        time_steps(p, device, steps)
+                        time_steps(p, device, steps, clock)
                 for m, p in prepared.items():
                     seconds[m] = statistics.median(p.times)
                     peaks[m] = p.peak_mb
@@ -537,6 +546,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--json", action="store_true", help="JSON lines on stdout (the table goes to stderr)"
     )
     p.add_argument(
+        "--clock",
+        default="wall",
+        choices=tuple(CLOCKS),
+        help="wall (default) or cpu: this process's CPU time, steadier with one thread on a "
+        "shared machine (CPU devices only)",
+    )
+    p.add_argument(
         "--runs",
         type=int,
         default=1,
@@ -552,6 +568,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             p.error(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
     if args.precision == "16-mixed" and not args.device.startswith("cuda"):
         p.error("16-mixed needs --device cuda (use bf16-mixed on the CPU)")
+    if args.clock == "cpu" and args.device != "cpu":
+        p.error("--clock cpu measures CPU time and cannot see GPU work; use --clock wall")
     if min(args.batch_size, args.steps, args.repeats, args.runs) < 1 or args.warmup < 0:
         p.error("batch size, steps, repeats and runs must be >= 1 and warmup >= 0")
     return args
@@ -595,6 +613,7 @@ def _run(args: argparse.Namespace) -> list[Result]:
         grad_checkpointing=args.grad_checkpointing,
         sequential=args.sequential,
         log=lambda line: console.print(f"[dim]{line}[/dim]"),
+        clock=args.clock,
     )
     suffix = ", gradient checkpointing" if args.grad_checkpointing else ""
     console.print(render_table(results, f"Training step throughput ({env}{suffix})"))

@@ -85,3 +85,11 @@ def test_without_runs_drops_the_runs_and_json_options() -> None:
     bench = _benchmark_module()
     argv = ["--models", "tiny", "--runs", "3", "--json", "--runs=2", "--steps", "1"]
     assert bench._without_runs(argv) == ["--models", "tiny", "--steps", "1"]
+
+
+def test_cpu_clock_is_refused_for_gpu_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _benchmark_module()
+    assert bench.parse_args(["--clock", "cpu"]).clock == "cpu"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--clock", "cpu", "--device", "cuda"])
+    assert "cannot see GPU work" in capsys.readouterr().err
