@@ -19,6 +19,12 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import (
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    Strategy,
+)
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -47,7 +53,12 @@ from cfmask.validation import check_number
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ("CounterfactualFineTuner", "global_batch_mismatch", "without_memory_options")
+__all__ = (
+    "CounterfactualFineTuner",
+    "check_supported_strategy",
+    "global_batch_mismatch",
+    "without_memory_options",
+)
 
 _COMPONENTS = ("backbone", "relevance", "masker", "refiller")
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
@@ -77,6 +88,33 @@ def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int) -> floa
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def check_supported_strategy(strategy: Strategy) -> None:
+    """Refuse the sharded training strategies, which cfmask has not been verified with.
+
+    Under FSDP, DeepSpeed or Lightning's model-parallel strategy the student's weights
+    are sharded across ranks and gathered around each forward and backward. The step
+    also runs the frozen teacher and takes, inside the forward, a gradient to the
+    attention probabilities for the relevance map (Xiao et al., CVPR 2023, Sec. 3.2);
+    neither has been run under sharding (the installed Lightning refuses FSDP on the
+    CPU, and no GPU run has been made), so a fit with them is stopped before it starts.
+    ViT-B and ViT-L fine-tuners fit on one GPU, so DDP is the strategy to use.
+
+    Args:
+        strategy: The Trainer's strategy.
+
+    Raises:
+        ValueError: For FSDP, DeepSpeed and model-parallel strategies, naming DDP.
+    """
+    sharded = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
+    if isinstance(strategy, sharded):
+        raise ValueError(
+            f"the {type(strategy).__name__} strategy shards the model, and cfmask's step "
+            "(frozen teacher plus a relevance gradient taken inside the forward) has not "
+            "been verified under sharding; use --trainer.strategy ddp (one full copy of "
+            "the model per GPU), which is tested."
+        )
 
 
 class CounterfactualFineTuner(pl.LightningModule):
@@ -253,9 +291,10 @@ class CounterfactualFineTuner(pl.LightningModule):
         strategy: Lightning restores a ``ckpt_path`` after this hook, and then reads
         it with ``weights_only=True`` whether it is a local file or a URL. When fitting
         with ``recipe_global_batch`` set, also warn if the global batch differs from
-        the recipe's.
+        the recipe's. Refuses sharded strategies (:func:`check_supported_strategy`).
         """
         if self._trainer is not None:
+            check_supported_strategy(self.trainer.strategy)
             install_safe_checkpoint_io(self.trainer.strategy)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if self._trainer is not None:
