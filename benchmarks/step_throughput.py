@@ -33,9 +33,15 @@ only, ``AttentionGradRelevance(last_blocks=1)``: a cheaper map, not the referenc
 masked tokens dropped) and ``reference`` (``obj_single`` computed as the reference code
 does: no shared relevance pass, separate student passes, explicit attention everywhere).
 
+``--runs N`` runs the whole comparison ``N`` times, each in a fresh process (so the
+allocator, caches and peak memory start afresh), and prints the median and the lowest
+and highest value of every quantity over the runs.
+
 Examples::
 
     python benchmarks/step_throughput.py --json            # CPU, tiny model, < 1 min
+    python benchmarks/step_throughput.py --models vit_b32 --batch-size 8 \\
+        --warmup 1 --steps 1 --repeats 1 --runs 3         # real size on the CPU
     python benchmarks/step_throughput.py --device cuda --precision bf16-mixed \\
         --models vit_b16,vit_b32,vit_l14 --batch-size 256 --steps 10 --sequential --json
 """
@@ -50,6 +56,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,14 +72,17 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
-from cfmask.backbones.base import VisionBackbone
-from cfmask.backbones.openclip_vit import OpenCLIPViT
-from cfmask.backbones.timm_vit import TimmViT
-from cfmask.masking.maskers import ObjectMasker, RandomMasker
-from cfmask.masking.refillers import MultiImageRefiller, SingleImageRefiller, TokenDropRefiller
-from cfmask.relevance.attention import AttentionGradRelevance
+from cfmask import CounterfactualObjective
+from cfmask.backbones import OpenCLIPViT, TimmViT, VisionBackbone
+from cfmask.masking import (
+    MultiImageRefiller,
+    ObjectMasker,
+    RandomMasker,
+    SingleImageRefiller,
+    TokenDropRefiller,
+)
+from cfmask.relevance import AttentionGradRelevance
 from cfmask.testing import tiny_clip_config, tiny_timm_args
-from cfmask.training.objective import CounterfactualObjective
 
 __all__ = ("METHODS", "MODELS", "Result", "main", "run_benchmark")
 
@@ -123,9 +133,14 @@ _TINY_CLIP_CFG = tiny_clip_config(
     text={"context_length": 16, "heads": 1},
     init_logit_scale=None,
 )
+# The unit tests' tiny models (2 blocks, 32 px, 10 classes): smoke runs and dry-runs.
+_UNIT_TIMM = tiny_timm_args(10)
+_UNIT_CLIP_CFG = tiny_clip_config()
 # open_clip architectures benchmarked without weights (throughput does not depend on them).
 _OPENCLIP = {"vit_b32": "ViT-B-32", "vit_b16": "ViT-B-16", "vit_l14": "ViT-L-14"}
-MODELS = ("tiny", "tiny_clip", *_OPENCLIP)
+# timm architectures benchmarked without weights: 224-px images, a 1000-class linear head.
+_TIMM = {"timm_vit_b16": "vit_base_patch16_224", "timm_vit_b32": "vit_base_patch32_224"}
+MODELS = ("tiny", "tiny_clip", "unit", "unit_clip", *_OPENCLIP, *_TIMM)
 
 
 @dataclass(frozen=True)
@@ -159,9 +174,13 @@ def build_backbone(
 
     Args:
         model: ``"tiny"`` (a 4-block timm ViT on 64-px images), ``"tiny_clip"`` (the
-            same size as an open_clip tower) or ``"vit_b32"``/``"vit_b16"``/``"vit_l14"``
+            same size as an open_clip tower), ``"unit"``/``"unit_clip"`` (the unit tests'
+            2-block timm and open_clip models on 32-px images, 10 classes), or
+            ``"vit_b32"``/``"vit_b16"``/``"vit_l14"``
             (open_clip architectures with a 1000-class zero-shot head built from one
-            template and generic class names, so the text tower runs on 1000 prompts).
+            template and generic class names, so the text tower runs on 1000 prompts),
+            or ``"timm_vit_b16"``/``"timm_vit_b32"`` (timm's ``vit_base_patch16_224`` /
+            ``vit_base_patch32_224`` with a 1000-class linear head).
         grad_checkpointing: Build the backbone with gradient checkpointing.
         text_cache_dir: Where the zero-shot head's text embeddings are cached.
 
@@ -170,6 +189,19 @@ def build_backbone(
     """
     if model == "tiny":
         return TimmViT(**_TINY_TIMM, grad_checkpointing=grad_checkpointing)
+    if model == "unit":
+        return TimmViT(**_UNIT_TIMM, grad_checkpointing=grad_checkpointing)
+    if model == "unit_clip":
+        return OpenCLIPViT(
+            "unit",
+            model_cfg=_UNIT_CLIP_CFG,
+            class_names=[f"class {i}" for i in range(10)],
+            templates=["a photo of a {}."],
+            text_cache_dir=text_cache_dir,
+            grad_checkpointing=grad_checkpointing,
+        )
+    if model in _TIMM:
+        return TimmViT(_TIMM[model], num_classes=1000, grad_checkpointing=grad_checkpointing)
     names = [f"class {i}" for i in range(1000 if model in _OPENCLIP else 100)]
     if model == "tiny_clip":
         return OpenCLIPViT(
@@ -335,14 +367,21 @@ def prepare_method(
     return _Prepared(step=step, objective=objective, peak_mb=peak_mb, times=[])
 
 
-def time_steps(prepared: _Prepared, device: torch.device, steps: int) -> None:
+#: Clocks a step can be timed with: wall time, or the CPU time of this process (with one
+#: torch thread on a shared machine, CPU time does not count the time other jobs hold
+#: the core, so it is the steadier measure there; it cannot see GPU work).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_steps(prepared: _Prepared, device: torch.device, steps: int, clock: str = "wall") -> None:
     """Time ``steps`` consecutive steps and append the mean seconds per step."""
+    now = CLOCKS[clock]
     _sync(device)
-    start = time.perf_counter()
+    start = now()
     for _ in range(steps):
         prepared.step()
     _sync(device)
-    prepared.times.append((time.perf_counter() - start) / steps)
+    prepared.times.append((now() - start) / steps)
 
 
 def run_benchmark(
@@ -358,6 +397,7 @@ def run_benchmark(
     grad_checkpointing: bool = False,
     sequential: bool = False,
     log: Callable[[str], None] | None = None,
+    clock: str = "wall",
 ) -> list[Result]:
     """Measure every method on every model.
 
@@ -379,6 +419,7 @@ def run_benchmark(
         grad_checkpointing: Build the backbones with gradient checkpointing.
         sequential: One method in memory at a time.
         log: Receives progress lines.
+        clock: A key of :data:`CLOCKS`.
 
     Returns:
         One :class:`Result` per (model, method).
@@ -419,7 +460,7 @@ def run_benchmark(
                 }
                 for _ in range(repeats):
                     for p in prepared.values():
-                        time_steps(p, device, steps)
+                        time_steps(p, device, steps, clock)
                 for m, p in prepared.items():
                     seconds[m] = statistics.median(p.times)
                     peaks[m] = p.peak_mb
@@ -504,6 +545,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--json", action="store_true", help="JSON lines on stdout (the table goes to stderr)"
     )
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=tuple(CLOCKS),
+        help="wall (default) or cpu: this process's CPU time, steadier with one thread on a "
+        "shared machine (CPU devices only)",
+    )
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="run the whole comparison this many times, each in a fresh process, and "
+        "report the median and range over the runs (default 1: this process only)",
+    )
     args = p.parse_args(argv)
     for m in args.models:
         if m not in MODELS:
@@ -513,8 +568,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             p.error(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
     if args.precision == "16-mixed" and not args.device.startswith("cuda"):
         p.error("16-mixed needs --device cuda (use bf16-mixed on the CPU)")
-    if min(args.batch_size, args.steps, args.repeats) < 1 or args.warmup < 0:
-        p.error("batch size, steps and repeats must be >= 1 and warmup >= 0")
+    if args.clock == "cpu" and args.device != "cpu":
+        p.error("--clock cpu measures CPU time and cannot see GPU work; use --clock wall")
+    if min(args.batch_size, args.steps, args.repeats, args.runs) < 1 or args.warmup < 0:
+        p.error("batch size, steps, repeats and runs must be >= 1 and warmup >= 0")
     return args
 
 
@@ -532,6 +589,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.runs > 1:
+            return _run_processes(list(sys.argv[1:] if argv is None else argv), args)
         return _run(args)
     finally:
         torch.set_num_threads(threads)
@@ -554,6 +613,7 @@ def _run(args: argparse.Namespace) -> list[Result]:
         grad_checkpointing=args.grad_checkpointing,
         sequential=args.sequential,
         log=lambda line: console.print(f"[dim]{line}[/dim]"),
+        clock=args.clock,
     )
     suffix = ", gradient checkpointing" if args.grad_checkpointing else ""
     console.print(render_table(results, f"Training step throughput ({env}{suffix})"))
@@ -562,6 +622,135 @@ def _run(args: argparse.Namespace) -> list[Result]:
             sys.stdout.write(json.dumps(asdict(r)) + "\n")
         sys.stdout.flush()
     return results
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median, lowest and highest value of one quantity over several runs."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        """The spread of ``values`` (at least one)."""
+        return cls(statistics.median(values), min(values), max(values))
+
+    def text(self, fmt: str) -> str:
+        """``median (low-high)`` with ``fmt`` (e.g. ``".2f"``) for each number."""
+        return f"{self.median:{fmt}} ({self.low:{fmt}}-{self.high:{fmt}})"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One (model, method) over several runs: the spread of each measured quantity."""
+
+    method: str
+    model: str
+    batch_size: int
+    precision: str
+    runs: int
+    images_per_s: Spread
+    ratio_to_vanilla: Spread | None
+    peak_mem_mb: Spread | None
+
+
+def summarise_runs(runs: Sequence[Sequence[Result]]) -> list[Summary]:
+    """Combine the rows of several runs of the same comparison, row by row.
+
+    Args:
+        runs: One list of :class:`Result` per run, all with the same (model, method)
+            rows in the same order.
+
+    Returns:
+        One :class:`Summary` per row; a ratio or memory spread is ``None`` when any run
+        lacks that value.
+
+    Raises:
+        ValueError: If there are no runs or the runs measured different rows.
+    """
+    if not runs:
+        raise ValueError("no runs to summarise")
+    keys = [[(r.model, r.method) for r in run] for run in runs]
+    if any(k != keys[0] for k in keys):
+        raise ValueError(f"runs measured different rows: {keys}")
+    out = []
+    for rows in zip(*runs, strict=True):
+        first = rows[0]
+        ratios = [r.ratio_to_vanilla for r in rows]
+        peaks = [r.peak_mem_mb for r in rows]
+        out.append(
+            Summary(
+                method=first.method,
+                model=first.model,
+                batch_size=first.batch_size,
+                precision=first.precision,
+                runs=len(rows),
+                images_per_s=Spread.of([r.images_per_s for r in rows]),
+                ratio_to_vanilla=None
+                if any(v is None for v in ratios)
+                else Spread.of([v for v in ratios if v is not None]),
+                peak_mem_mb=None
+                if any(v is None for v in peaks)
+                else Spread.of([v for v in peaks if v is not None]),
+            )
+        )
+    return out
+
+
+def render_summary(summaries: Sequence[Summary], title: str) -> Table:
+    """The summaries as a rich table: median (lowest-highest) of each quantity."""
+    table = Table(title=title)
+    cols = ("model", "method", "batch", "runs", "img/s", "x vanilla", "peak MiB")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("model", "method") else "right")
+    for s in summaries:
+        table.add_row(
+            s.model,
+            s.method,
+            str(s.batch_size),
+            str(s.runs),
+            s.images_per_s.text(".2f"),
+            "-" if s.ratio_to_vanilla is None else s.ratio_to_vanilla.text(".2f"),
+            "-" if s.peak_mem_mb is None else s.peak_mem_mb.text(".0f"),
+        )
+    return table
+
+
+def _without_runs(argv: list[str]) -> list[str]:
+    """``argv`` without ``--runs N`` / ``--runs=N`` and ``--json``."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--runs":
+            skip = True
+        elif not arg.startswith("--runs=") and arg != "--json":
+            out.append(arg)
+    return out
+
+
+def _run_processes(argv: list[str], args: argparse.Namespace) -> list[Result]:
+    """Run the comparison ``args.runs`` times in fresh processes and print the spread."""
+    console = Console(stderr=args.json, width=150)
+    child = [sys.executable, str(Path(__file__).resolve()), *_without_runs(argv), "--json"]
+    runs: list[list[Result]] = []
+    for i in range(args.runs):
+        console.print(f"[dim]run {i + 1}/{args.runs}: {' '.join(child[1:])}[/dim]")
+        done = subprocess.run(child, stdout=subprocess.PIPE, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"run {i + 1} failed with exit status {done.returncode}")
+        runs.append([Result(**json.loads(line)) for line in done.stdout.splitlines() if line])
+    summaries = summarise_runs(runs)
+    env = environment(torch.device(args.device))
+    console.print(render_summary(summaries, f"Median (lowest-highest) of {args.runs} runs ({env})"))
+    if args.json:
+        for s in summaries:
+            sys.stdout.write(json.dumps(asdict(s)) + "\n")
+        sys.stdout.flush()
+    return [r for run in runs for r in run]
 
 
 if __name__ == "__main__":

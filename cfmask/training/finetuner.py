@@ -52,6 +52,7 @@ from cfmask.training.head_setup import (
 from cfmask.training.objective import CounterfactualObjective, load_weights_into
 from cfmask.training.prediction import predict_outputs
 from cfmask.training.recipe_checks import (
+    check_supported_strategy,
     global_batch_mismatch,
     validate_options,
     without_memory_options,
@@ -60,7 +61,11 @@ from cfmask.training.recipe_checks import (
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ("CounterfactualFineTuner", "global_batch_mismatch", "without_memory_options")
+__all__ = (
+    "CounterfactualFineTuner",
+    "global_batch_mismatch",
+    "without_memory_options",
+)
 
 _COMPONENTS = ("backbone", "relevance", "masker", "refiller")
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
@@ -268,9 +273,10 @@ class CounterfactualFineTuner(pl.LightningModule):
         strategy: Lightning restores a ``ckpt_path`` after this hook, and then reads
         it with ``weights_only=True`` whether it is a local file or a URL. When fitting
         with ``recipe_global_batch`` set, also warn if the global batch differs from
-        the recipe's.
+        the recipe's. Refuses sharded strategies (:func:`check_supported_strategy`).
         """
         if self._trainer is not None:
+            check_supported_strategy(self.trainer.strategy)
             install_safe_checkpoint_io(self.trainer.strategy)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if self._trainer is not None:

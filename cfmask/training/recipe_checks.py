@@ -13,9 +13,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lightning.pytorch.strategies import (
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    Strategy,
+)
+
 from cfmask.core.validation import check_number
 
-__all__ = ("global_batch_mismatch", "validate_options", "without_memory_options")
+__all__ = (
+    "check_supported_strategy",
+    "global_batch_mismatch",
+    "validate_options",
+    "without_memory_options",
+)
 
 
 def global_batch_mismatch(
@@ -119,3 +131,30 @@ def validate_options(
         )
     if trainable not in ("all", "head"):
         raise ValueError(f"trainable must be 'all' or 'head', got {trainable!r}")
+
+
+def check_supported_strategy(strategy: Strategy) -> None:
+    """Refuse the sharded training strategies, which cfmask has not been verified with.
+
+    Under FSDP, DeepSpeed or Lightning's model-parallel strategy the student's weights
+    are sharded across ranks and gathered around each forward and backward. The step
+    also runs the frozen teacher and takes, inside the forward, a gradient to the
+    attention probabilities for the relevance map (Xiao et al., CVPR 2023, Sec. 3.2);
+    neither has been run under sharding (the installed Lightning refuses FSDP on the
+    CPU, and no GPU run has been made), so a fit with them is stopped before it starts.
+    ViT-B and ViT-L fine-tuners fit on one GPU, so DDP is the strategy to use.
+
+    Args:
+        strategy: The Trainer's strategy.
+
+    Raises:
+        ValueError: For FSDP, DeepSpeed and model-parallel strategies, naming DDP.
+    """
+    sharded = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
+    if isinstance(strategy, sharded):
+        raise ValueError(
+            f"the {type(strategy).__name__} strategy shards the model, and cfmask's step "
+            "(frozen teacher plus a relevance gradient taken inside the forward) has not "
+            "been verified under sharding; use --trainer.strategy ddp (one full copy of "
+            "the model per GPU), which is tested."
+        )
