@@ -248,7 +248,7 @@ def test_truncated_altered_or_stale_caches_are_refused(tmp_path, folder):
     good = scores_file.read_bytes()
 
     scores_file.write_bytes(good[:-2])
-    with pytest.raises(StaleRelevanceCacheError, match="truncated.*Delete"):
+    with pytest.raises(StaleRelevanceCacheError, match=r"truncated.*Delete"):
         open_or_build_teacher_relevance(objective, train, cache)
 
     scores_file.write_bytes(bytes([good[0] ^ 1]) + good[1:])
@@ -297,7 +297,9 @@ def test_cached_teacher_refuses_augmentation_plain_loaders_and_maskers_without_r
         )
 
     no_dir = CounterfactualFineTuner(
-        TimmViT(**tiny_timm_args()), masker=ObjectMasker(THRESHOLD), relevance_source="cached_teacher"
+        TimmViT(**tiny_timm_args()),
+        masker=ObjectMasker(THRESHOLD),
+        relevance_source="cached_teacher",
     )
     indexed = DataLoader(IndexedDataset(TensorDataset(x, y)), batch_size=4)
     with pytest.raises(ValueError, match="relevance_cache_dir"):
