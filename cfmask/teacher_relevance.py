@@ -284,8 +284,8 @@ def cached_relevance_for_fit(
 ) -> Tensor:
     """The teacher's map of a fit's training set, on the run's device, built if missing.
 
-    Rank 0 builds a missing cache (with a progress bar, on its device); every rank then
-    reads it after a barrier.
+    Rank 0 builds a missing cache on its device (with a progress bar when the trainer
+    shows one); every rank then reads it after a barrier.
 
     Args:
         objective: The fit's objective (frozen initial teacher, relevance map).
@@ -313,7 +313,12 @@ def cached_relevance_for_fit(
     scores = None
     if trainer.global_rank == 0:
         scores = open_or_build_teacher_relevance(
-            objective, dataset, cache_dir, device=device, batch_size=batch_size, progress=True
+            objective,
+            dataset,
+            cache_dir,
+            device=device,
+            batch_size=batch_size,
+            progress=trainer.progress_bar_callback is not None,
         )
     trainer.strategy.barrier("cfmask-teacher-relevance")
     if scores is None:

@@ -149,6 +149,7 @@ def state_dict_digest(state: Mapping[str, Tensor]) -> str:
     for name in sorted(state):
         value = state[name].detach().cpu().contiguous()
         h.update(f"{name}|{value.dtype}|{tuple(value.shape)}\n".encode())
+        value = value.reshape(-1)  # a 0-dim tensor cannot be viewed as bytes
         h.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return h.hexdigest()
 
@@ -207,6 +208,7 @@ def dataset_fingerprint(dataset: Dataset[Any]) -> str:
         for t in _tensor_leaves(item):
             t = t.detach().cpu().contiguous()
             h.update(f"{t.dtype}|{tuple(t.shape)}".encode())
+            t = t.reshape(-1)
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
