@@ -310,3 +310,22 @@ def test_cached_teacher_refuses_augmentation_plain_loaders_and_maskers_without_r
     trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0)
     trainer.fit(model(), train_dataloaders=indexed)
     assert trainer.global_step == 2
+
+
+def test_the_recipe_fits_through_the_cli_and_its_checkpoint_loads(tmp_path):
+    from cfmask.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    recipe = root / "examples" / "configs" / "method" / "ours_single_fill_cached_teacher.yaml"
+    tiny = root / "tests" / "conf" / "tiny_fit.yaml"
+    main([
+        "fit", "-c", str(tiny), "-c", str(recipe),
+        f"--model.relevance_cache_dir={tmp_path / 'cache'}",
+        f"--trainer.default_root_dir={tmp_path}",
+    ])  # fmt: skip
+    assert len(_caches(tmp_path / "cache")) == 1
+    ckpts = sorted(tmp_path.rglob("*.ckpt"))
+    assert ckpts, "fit wrote no checkpoint"
+    model = CounterfactualFineTuner.load_from_checkpoint(ckpts[0])
+    assert model.hparams["relevance_source"] == "cached_teacher"
+    assert not any("relevance" in k and "cached" in k for k in model.state_dict())
