@@ -23,8 +23,9 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -39,9 +40,6 @@ from cfmask.data.relevance_cache import (
     write_relevance_cache,
 )
 from cfmask.objective import INITIAL_TEACHER, CounterfactualObjective
-
-if TYPE_CHECKING:
-    import lightning.pytorch as pl
 
 __all__ = (
     "cached_relevance_for_fit",
