@@ -185,6 +185,7 @@ def open_or_build_teacher_relevance(
     *,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
+    num_workers: int = 0,
     build: bool = True,
     progress: bool = True,
 ) -> Tensor:
@@ -201,6 +202,7 @@ def open_or_build_teacher_relevance(
         cache_dir: Root of the caches.
         device: Where the teacher runs when the map is built.
         batch_size: Images per relevance pass when building.
+        num_workers: Loader processes when building.
         build: Build when missing (``False`` on the non-zero ranks of a distributed run,
             which read what rank 0 built).
         progress: Progress bar while building.
@@ -215,7 +217,12 @@ def open_or_build_teacher_relevance(
     if build and not directory.exists():
         _log.info("computing the teacher's relevance map of %s into %s", name, directory)
         scores = compute_teacher_relevance(
-            objective, inner, device=device, batch_size=batch_size, progress=progress
+            objective,
+            inner,
+            device=device,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=progress,
         )
         write_relevance_cache(directory, key, scores)
     return read_relevance_cache(directory, key)
@@ -282,8 +289,9 @@ def cached_relevance_for_fit(
 ) -> Tensor:
     """The teacher's map of a fit's training set, on the run's device, built if missing.
 
-    Rank 0 builds a missing cache on its device (with a progress bar when the trainer
-    shows one); every rank then reads it after a barrier.
+    Rank 0 builds a missing cache on its device (with the datamodule's ``num_workers``
+    loader processes, and a progress bar when the trainer shows one); every rank then
+    reads it after a barrier.
 
     Args:
         objective: The fit's objective (frozen initial teacher, relevance map).
@@ -316,6 +324,7 @@ def cached_relevance_for_fit(
             cache_dir,
             device=device,
             batch_size=batch_size,
+            num_workers=int(getattr(getattr(trainer, "datamodule", None), "num_workers", 0)),
             progress=trainer.progress_bar_callback is not None,
         )
     trainer.strategy.barrier("cfmask-teacher-relevance")
