@@ -10,8 +10,9 @@ commands, so ``cfmask -h`` lists them all.
 (:func:`cfmask.demo.app.build_parser`): they are copied into a jsonargparse
 parser, and the parsed values are handed back to the demo as its own argument
 list; ``cfmask demo pretrain ...`` goes straight to the pre-training command (a
-:attr:`Command.subcommands` entry). ``cfmask data`` has sub-commands of its own (``cfmask data check``, which takes
-``-c`` and ``--print_config`` too) and is handed its arguments unchanged.
+:attr:`Command.subcommands` entry). ``cfmask data`` has sub-commands of its own
+(``cfmask data check``, which takes ``-c`` and ``--print_config`` too) and is handed
+its arguments unchanged.
 """
 
 from __future__ import annotations
