@@ -23,8 +23,7 @@ timm and open_clip ViTs, 32-px images), a batch of 4, one step per measurement a
 DDP step on two CPU processes (gloo), so CI exercises every part of the check. Without a CUDA device
 and without ``--dry-run`` the command refuses with exit status 2.
 
-Adding a method (such as a cached frozen-teacher relevance, once the fine-tuner has
-that option) is one entry in ``step_throughput.METHODS`` plus its name in
+Adding a method is one entry in ``step_throughput.METHODS`` plus its name in
 :data:`CHECKED_METHODS`.
 
 Examples::
@@ -61,8 +60,9 @@ HERE = Path(__file__).resolve().parent
 
 #: Methods measured by the throughput section (keys of ``step_throughput.METHODS``):
 #: vanilla fine-tuning, feature distillation, the paper's method (object mask from the
-#: all-block attention-gradient relevance, single-image fill) and its last-block variant.
-CHECKED_METHODS = ("vanilla", "fd", "obj_single", "obj_single_last1")
+#: all-block attention-gradient relevance, single-image fill), its last-block variant
+#: and the cached frozen-teacher relevance.
+CHECKED_METHODS = ("vanilla", "fd", "obj_single", "obj_single_last1", "obj_single_cached")
 
 #: Exit status when no CUDA device is present and ``--dry-run`` was not given.
 EXIT_NO_CUDA = 2

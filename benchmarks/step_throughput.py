@@ -29,6 +29,9 @@ image, no mask), ``obj_single`` / ``obj_multi`` (object mask from the attention-
 relevance of the student, single- or multi-image refill: the paper's method),
 ``obj_single_last1`` (``obj_single`` with the relevance rolled out over the last block
 only, ``AttentionGradRelevance(last_blocks=1)``: a cheaper map, not the reference's),
+``obj_single_cached`` (``obj_single`` with the frozen teacher's map read from a
+cache, ``relevance_source="cached_teacher"``: the map is computed once before timing,
+stored as fp16 and looked up every step, so the step has no relevance pass; 7F),
 ``rand_single`` (random mask, single-image refill), ``rand_drop`` (random mask, no fill,
 masked tokens dropped) and ``reference`` (``obj_single`` computed as the reference code
 does: no shared relevance pass, separate student passes, explicit attention everywhere).
@@ -105,6 +108,14 @@ METHODS: dict[str, tuple[Callable[[], dict[str, Any]], bool]] = {
         },
         False,
     ),
+    "obj_single_cached": (
+        lambda: {
+            "masker": ObjectMasker(0.3),
+            "refiller": SingleImageRefiller(),
+            "relevance_source": "teacher",
+        },
+        False,
+    ),
     "obj_multi": (lambda: {"masker": ObjectMasker(0.6), "refiller": MultiImageRefiller()}, False),
     "rand_single": (
         lambda: {"masker": RandomMasker(0.5), "refiller": SingleImageRefiller()},
@@ -124,6 +135,28 @@ METHODS: dict[str, tuple[Callable[[], dict[str, Any]], bool]] = {
         True,
     ),
 }
+
+# Methods whose step reads the teacher's relevance map from a cache instead of computing it.
+_CACHED_RELEVANCE = {"obj_single_cached"}
+
+
+class _WithCachedRelevance:
+    """The objective fed the teacher's map of the batch, stored once as fp16.
+
+    Stands in for ``relevance_source="cached_teacher"`` of the fine-tuner: the map is
+    computed when the method is prepared (as the cache is built before training) and
+    every step gathers its rows by sample index and converts them back to float32.
+    """
+
+    def __init__(self, objective: CounterfactualObjective, images: Tensor, targets: Tensor):
+        self.student = objective.student
+        self._objective = objective
+        self._rows = objective.relevance_scores(images, targets).detach().half()
+        self._index = torch.arange(images.shape[0], device=images.device)
+
+    def __call__(self, images: Tensor, targets: Tensor) -> Any:
+        return self._objective(images, targets, scores=self._rows[self._index].float())
+
 
 # Tiny models from cfmask.testing, larger than the unit tests' (more blocks, 4-px patches).
 _TINY_TIMM = tiny_timm_args(100, patch_size=4, depth=4, embed_dim=96, num_heads=3)
@@ -359,7 +392,10 @@ def prepare_method(
         if explicit_attention:
             set_fused_attention(objective, False)
         objective.train()
-        step = _step_fn(objective, images, targets, device, precision)
+        stepped: Any = objective
+        if method in _CACHED_RELEVANCE:
+            stepped = _WithCachedRelevance(objective, images, targets)
+        step = _step_fn(stepped, images, targets, device, precision)
         for _ in range(max(1, warmup)):
             step()
         _sync(device)

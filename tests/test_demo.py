@@ -249,7 +249,13 @@ def test_tiny_demo_run_writes_every_output(tmp_path: Path, no_system_data: None)
     ood = results["benchmark"]["ood_sets"]
     assert len(ood) == 5
     keys = ("zero-shot", "vanilla", "wise-ft", "fd", "kd")
-    masked = ("object-single", "context-single", "random-single", "object-exact-single")
+    masked = (
+        "object-single",
+        "context-single",
+        "random-single",
+        "object-exact-single",
+        "object-teacher-single",
+    )
     for key in (*keys, *masked):
         entry = results["methods"][key]
         assert set(entry["ood"]) == set(ood)
@@ -302,7 +308,18 @@ def test_tiny_demo_run_writes_every_output(tmp_path: Path, no_system_data: None)
     assert gap["n"] == 2
     assert gap["mean"] == pytest.approx((sum(exact_ids) - sum(cam_ids)) / 2, abs=1e-3)
     assert set(results["exact_mask_minus"]) == {"object-single", "random-single"}
+    # The cached teacher map: the CAM object masker at the chosen threshold, read from
+    # the pre-trained model's map; minus the student-map row, paired by seed.
+    cached = results["method_components"]["object-teacher-single"]
+    assert cached["relevance_source"] == "cached_teacher"
+    assert cached["masker"]["init_args"]["threshold"] == sel["chosen"]["object"]
+    assert "relevance_source" not in results["method_components"]["object-single"]
+    teacher_ids = [r["id"] for r in results["methods"]["object-teacher-single"]["seeds"]]
+    gap = results["cached_teacher_minus_student"]["id"]
+    assert gap["n"] == 2
+    assert gap["mean"] == pytest.approx((sum(teacher_ids) - sum(cam_ids)) / 2, abs=1e-3)
     md = (out / "results.md").read_text()
+    assert "Cached teacher map minus student map" in md
     assert "Exact mask minus object/single" in md and "Exact mask minus random/single" in md
     rows = results["mask_quality"]["rows"]
     assert [r["threshold"] for r in rows] == [0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
@@ -332,7 +349,13 @@ def test_beta_grid_compares_every_masker_at_every_beta(
     )
     by_beta = results["delta_vs_fd_by_beta"]
     assert set(by_beta) == {"1", "3"}
-    masked = {"object-single", "context-single", "random-single", "object-exact-single"}
+    masked = {
+        "object-single",
+        "context-single",
+        "random-single",
+        "object-exact-single",
+        "object-teacher-single",
+    }
     for deltas in by_beta.values():
         assert set(deltas) == masked
         for d in deltas.values():

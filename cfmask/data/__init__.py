@@ -32,6 +32,7 @@ from cfmask.data.ood import (
     ObjectNet,
     load_objectnet_mapping,
 )
+from cfmask.data.relevance_cache import IndexedDataset, StaleRelevanceCacheError
 from cfmask.data.roots import FOLDER_ALIASES, OOD_SETS, resolve_set_root
 from cfmask.data.splits import stratified_split
 from cfmask.data.transforms import eval_transform, train_transform, transforms_from_config
@@ -64,9 +65,11 @@ __all__ = (
     "ImageNetR",
     "ImageNetSketch",
     "ImageNetV2",
+    "IndexedDataset",
     "LoaderConfig",
     "ObjectMaskError",
     "ObjectNet",
+    "StaleRelevanceCacheError",
     "SubsetAccuracy",
     "TruncatedDatasetWarning",
     "build_cache",

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from cfmask.data.cache import open_or_build_cache
 from cfmask.data.folder import FolderImageDataset, SkipLog
 from cfmask.data.loading import LoaderConfig, build_loader
+from cfmask.data.relevance_cache import IndexedDataset
 from cfmask.data.transforms import eval_transform, train_transform
 from cfmask.evaluation.metrics import EvalSet
 
@@ -74,6 +75,9 @@ class ImageDataModuleBase(LightningDataModule):
         self.val_set: Dataset[Any] | None = None
         self.test_sets: dict[str, Dataset[Any]] = {}
         self._eval_sets: dict[str, EvalSet] = {}
+        #: Training batches end with the ``(B,)`` sample indices (set by a fine-tuner
+        #: with ``relevance_source="cached_teacher"``; see :class:`IndexedDataset`).
+        self.index_training_batches = False
 
     # -- loader settings ----------------------------------------------------------
     @property
@@ -201,9 +205,12 @@ class ImageDataModuleBase(LightningDataModule):
         The loader is a :class:`~cfmask.data.resumable.ResumableDataLoader`: the
         order of each epoch is fixed by the run's seed and the epoch, and a run
         resumed from a checkpoint saved inside an epoch continues with the next batch.
+        With :attr:`index_training_batches`, each batch ends with its sample indices.
         """
         if self.train_set is None:
             raise RuntimeError("call setup('fit') first")
+        if self.index_training_batches:
+            return self._loader(IndexedDataset(self.train_set), train=True)
         return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader[Any]:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from cfmask.data.relevance_cache import IndexedDataset
 from cfmask.data.resumable import ResumableDataLoader
 from cfmask.evaluation.eval_sets import EvalSet
 
@@ -96,6 +97,9 @@ class SyntheticDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.seed = seed
         self.class_names = [f"class {i}" for i in range(num_classes)]
+        #: Training batches end with the ``(B,)`` sample indices (set by a fine-tuner
+        #: with ``relevance_source="cached_teacher"``).
+        self.index_training_batches = False
         self.eval_sets = [
             EvalSet(name=n, num_classes=num_classes, num_samples=test_size, is_id=(i == 0))
             for i, n in enumerate(self.test_set_names)
@@ -109,8 +113,9 @@ class SyntheticDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader[tuple[Tensor, ...]]:
         """Shuffled training batches of equal size (resumable inside an epoch)."""
+        train = self._split(self.train_size, 0.05, 1)
         return ResumableDataLoader(
-            self._split(self.train_size, 0.05, 1),
+            IndexedDataset(train) if self.index_training_batches else train,
             batch_size=self.batch_size,
             shuffle=True,
             drop_last=True,

@@ -11,7 +11,8 @@ The protocol, fixed before any masking run is looked at (see ``docs/demo.md``):
 4. Every seed: vanilla (and its WiSE-FT curve), FD, KD, the three maskers with the
    single-image fill and the exact-mask ceiling (``SegmentationMasker`` on the
    garments' true masks, coverage fixed at ``FineTuneConfig.exact_min_coverage``),
-   all paired on the same seeds.
+   and the CAM object mask at the chosen threshold from the frozen pre-trained model's
+   cached map (``relevance_source="cached_teacher"``), all paired on the same seeds.
 5. The regime checks R1-R4 read zero-shot, vanilla, WiSE-FT 0.5 and FD only; every
    masking variant is compared with FD at the same beta and seed (mean and 95 %
    t-interval of the paired differences).
@@ -55,6 +56,7 @@ from cfmask.demo.runner import (
     JobRunner,
     Method,
     Profile,
+    cached_teacher_object_method,
     exact_object_method,
     fd_method,
     kd_method,
@@ -417,6 +419,9 @@ def run_demo(
         # The exact-mask ceiling: fixed coverage, nothing selected, so it runs on every
         # seed (seed 0 included) with the others.
         exact = exact_object_method(beta, ft.exact_min_coverage)
+        # The CAM object mask from the frozen pre-trained model's cached map (not the
+        # reference's student map): the chosen threshold, nothing selected, every seed.
+        teacher = cached_teacher_object_method(beta, chosen["object"])
         # The chosen seed-0 runs (and, for --beta-grid, FD at every beta) on the tests.
         to_test: dict[str, tuple[str, float, JobResult]] = {}
         for b, r in fd_runs.items():
@@ -436,17 +441,22 @@ def run_demo(
         # Every seed, paired.
         t0 = time.perf_counter()
         kd = kd_method(ft.kd_weight, ft.kd_temperature)
-        jobs = [Job(f"{kd.label} seed 0", 0, kd), Job(f"{exact.label} seed 0", 0, exact)]
+        jobs = [
+            Job(f"{kd.label} seed 0", 0, kd),
+            Job(f"{exact.label} seed 0", 0, exact),
+            Job(f"{teacher.label} seed 0", 0, teacher),
+        ]
         keys: dict[str, tuple[str, float | None]] = {
             jobs[0].tag: ("kd", None),
             jobs[1].tag: (exact.key, beta),
+            jobs[2].tag: (teacher.key, beta),
         }
         for seed in seeds[1:]:
             for m, mb in (
                 (vanilla_method(), None),
                 (fd_method(beta), beta),
                 (kd, None),
-                *((mm, beta) for mm in [*masking, exact]),
+                *((mm, beta) for mm in [*masking, exact, teacher]),
             ):
                 job = Job(
                     f"{m.label} seed {seed}",
@@ -466,6 +476,7 @@ def run_demo(
                         b, chosen["object"], chosen["context"], chosen["random"]
                     ),
                     exact_object_method(b, ft.exact_min_coverage),
+                    cached_teacher_object_method(b, chosen["object"]),
                 ]:
                     for seed in seeds:
                         if m.key == "fd" and seed == 0:
@@ -492,7 +503,7 @@ def run_demo(
         "fd": f"FD (no mask) β={beta:g}",
         "kd": "KD",
     }
-    masking = [*masking, exact]
+    masking = [*masking, exact, teacher]
     labels.update({m.key: m.label for m in masking})
     methods: dict[str, Any] = {
         "zero-shot": report.aggregate([zero_shot], ood),
@@ -532,6 +543,9 @@ def run_demo(
         key: paired(per_seed(exact.key, beta), per_seed(key, beta))
         for key in ("object-single", "random-single")
     }
+    # What the cached teacher map costs against the reference's student map (same masker,
+    # threshold, fill and beta), paired by seed.
+    teacher_minus = paired(per_seed(teacher.key, beta), per_seed("object-single", beta))
     grid_deltas = {b: deltas_at(b) for b in ft.betas if beta_grid}
     sentence = headline(deltas["object-single"], "CAM object masking (single fill)")
     ceiling = headline(deltas[exact.key], "Exact-mask object masking (single fill)")
@@ -566,6 +580,12 @@ def run_demo(
             f"{report.format_interval(gap['ood_avg'].as_dict())}, ID "
             f"{report.format_interval(gap['id'].as_dict())}"
         )
+
+    console.print(
+        f"Cached teacher map minus student map ({labels['object-single']}): OOD avg "
+        f"{report.format_interval(teacher_minus['ood_avg'].as_dict())}, ID "
+        f"{report.format_interval(teacher_minus['id'].as_dict())}"
+    )
 
     curve = _mean_curve(
         wise_curves_with_ends(wise_curves, zero_shot, per_seed("vanilla", None)), ood
@@ -620,6 +640,7 @@ def run_demo(
         "exact_mask_minus": {
             key: {k: iv.as_dict() for k, iv in gap.items()} for key, gap in exact_minus.items()
         },
+        "cached_teacher_minus_student": {k: iv.as_dict() for k, iv in teacher_minus.items()},
         "method_components": {
             "vanilla": vanilla_method().config(),
             "fd": fd_method(beta).config(),

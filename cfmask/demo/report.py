@@ -467,4 +467,11 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
             f"{format_interval(gap['ood_avg'])}, ID {format_interval(gap['id'])}",
             "",
         ]
+    gap = payload.get("cached_teacher_minus_student")
+    if gap:
+        lines += [
+            f"Cached teacher map minus student map ({labels.get('object-single')}): OOD avg "
+            f"{format_interval(gap['ood_avg'])}, ID {format_interval(gap['id'])}",
+            "",
+        ]
     return "\n".join(lines)

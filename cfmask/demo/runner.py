@@ -15,7 +15,9 @@ processes (``Profile.workers``); the pool only changes the wall time.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import multiprocessing
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -27,9 +29,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from cfmask.backbones.state_dicts import interpolate_state_dicts
+from cfmask.data.relevance_cache import IndexedDataset
 from cfmask.demo.data import Benchmark, BenchmarkConfig, TensorImageDataset
 from cfmask.demo.teacher import ModelConfig, PretrainConfig, accuracy, build_backbone, pinned_torch
 from cfmask.losses import DistillationLoss, FeatureDistillationLoss, LogitDistillationLoss
@@ -56,6 +59,7 @@ __all__ = (
     "MaskFractionMeter",
     "Method",
     "Profile",
+    "cached_teacher_object_method",
     "exact_object_method",
     "fd_method",
     "kd_method",
@@ -161,6 +165,9 @@ class Method:
         refiller: Refiller (with a masker).
         relevance: Relevance map for maskers that need one.
         group: ``"baseline"`` or ``"masking"``.
+        relevance_source: The fine-tuner's ``relevance_source``: ``"student"`` (the
+            reference's map of the current model) or ``"cached_teacher"`` (the frozen
+            pre-trained model's map, computed once per training set).
     """
 
     key: str
@@ -170,6 +177,7 @@ class Method:
     refiller: Refiller | None = None
     relevance: RelevanceMap | None = None
     group: str = "baseline"
+    relevance_source: str = "student"
 
     def components(self) -> dict[str, Any]:
         """Fresh copies of the components, as keyword arguments of the fine-tuner."""
@@ -182,12 +190,15 @@ class Method:
 
     def config(self) -> dict[str, Any]:
         """The components' ``{"class_path", "init_args"}`` configs (for results.json)."""
-        return {
+        out: dict[str, Any] = {
             "masker": None if self.masker is None else self.masker.config(),
             "refiller": None if self.refiller is None else self.refiller.config(),
             "relevance": None if self.relevance is None else self.relevance.config(),
             "distillation": [t.config() for t in self.distillation],
         }
+        if self.relevance_source != "student":
+            out["relevance_source"] = self.relevance_source
+        return out
 
 
 def vanilla_method() -> Method:
@@ -287,6 +298,30 @@ def exact_object_method(beta: float, min_coverage: float) -> Method:
         SegmentationMasker(min_coverage=min_coverage),
         beta,
     )
+
+
+def cached_teacher_object_method(beta: float, threshold: float) -> Method:
+    """CAM object masking with the frozen pre-trained model's map, cached per training set.
+
+    The same masker, threshold, fill and beta as the CAM object row, but the map comes
+    from the pre-trained model (``relevance_source="cached_teacher"``), computed once
+    over the training set, instead of from the current student every step (the
+    reference). Its paired difference to the CAM object row is what that saving costs.
+
+    Args:
+        beta: Feature distillation weight (the CAM rows' beta).
+        threshold: Object-mask threshold (the CAM object row's chosen one).
+
+    Returns:
+        The method, key ``"object-teacher-single"``.
+    """
+    method = masking_method(
+        "object-teacher-single",
+        f"object (cached teacher map)/single t={threshold:g}",
+        ObjectMasker(threshold=threshold),
+        beta,
+    )
+    return dataclasses.replace(method, relevance_source="cached_teacher")
 
 
 class _Progress(pl.Callback):
@@ -418,6 +453,14 @@ class _Context:
         self.bench = bench
         self.weights = weights
         self._zero_shot: dict[str, Tensor] | None = None
+        # Teacher relevance maps of cached_teacher runs, shared by this process's jobs
+        # (keyed by weights and data, so a map is never reused for other ones).
+        self._relevance_cache: tempfile.TemporaryDirectory[str] | None = None
+
+    def relevance_cache_dir(self) -> str:
+        if self._relevance_cache is None:
+            self._relevance_cache = tempfile.TemporaryDirectory(prefix="cfmask-demo-relevance-")
+        return self._relevance_cache.name
 
     def backbone(self) -> Any:
         return build_backbone(self.profile.model, pretrained=str(self.weights))
@@ -440,6 +483,12 @@ class _Context:
     ) -> CounterfactualFineTuner:
         ft = self.profile.finetune
         pl.seed_everything(seed, workers=True, verbose=False)
+        cached = method.relevance_source == "cached_teacher"
+        extra: dict[str, Any] = {}
+        if method.relevance_source != "student":
+            extra["relevance_source"] = method.relevance_source
+        if cached:
+            extra["relevance_cache_dir"] = self.relevance_cache_dir()
         model = CounterfactualFineTuner(
             self.backbone(),
             lr=ft.lr,
@@ -447,9 +496,11 @@ class _Context:
             schedule="warmup_cosine",
             warmup_steps=ft.warmup_steps,
             **method.components(),
+            **extra,
         )
+        train_set: Dataset[Any] = TensorImageDataset(self.bench.train, with_masks=True)
         loader = DataLoader(
-            TensorImageDataset(self.bench.train, with_masks=True),
+            IndexedDataset(train_set) if cached else train_set,
             batch_size=ft.batch_size,
             shuffle=True,
             drop_last=True,

@@ -57,6 +57,7 @@ from cfmask.training.recipe_checks import (
     validate_options,
     without_memory_options,
 )
+from cfmask.training.teacher_relevance import cached_relevance_for_fit, request_indexed_batches
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -133,7 +134,11 @@ class CounterfactualFineTuner(pl.LightningModule):
             (a negative value is an error). The Trainer's ``gradient_clip_val``,
             when set, takes precedence.
         relevance_source: Model on which relevance is computed: ``"student"``
-            (the current model, as the reference does) or ``"teacher"``.
+            (the current model, as the reference does), ``"teacher"`` (the frozen
+            initial model, in every step) or ``"cached_teacher"`` (the frozen initial
+            model's map of every training image, computed once before the first step
+            and read by sample index; not the reference's semantics, and only valid
+            without training augmentation: see :mod:`cfmask.training.teacher_relevance`).
         trainable: ``"all"`` parameters, or ``"head"`` only (linear probing, the
             first stage of LP-FT).
         init_weights: Optional checkpoint or state dict loaded into the model
@@ -151,6 +156,8 @@ class CounterfactualFineTuner(pl.LightningModule):
             global batch (per-device batch x devices x nodes x gradient accumulation)
             differs warns at start, naming both numbers; see
             :func:`global_batch_mismatch`.
+        relevance_cache_dir: Where ``relevance_source="cached_teacher"`` stores its
+            maps; ``None`` takes the datamodule's ``cache_dir``.
 
     Distributed training (DDP): each rank builds its counterfactuals from its own
     per-device batch. Refill donors (the single-fill permutation, the multi-fill
@@ -189,12 +196,13 @@ class CounterfactualFineTuner(pl.LightningModule):
         warmup_steps: int = 500,
         pct_start: float = 0.02,
         gradient_clip_norm: float | None = 1.0,
-        relevance_source: Literal["student", "teacher"] = "student",
+        relevance_source: Literal["student", "teacher", "cached_teacher"] = "student",
         trainable: Literal["all", "head"] = "all",
         init_weights: str | None = None,
         fuse_student_passes: bool = True,
         share_relevance_pass: bool = True,
         recipe_global_batch: int | None = None,
+        relevance_cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         validate_options(
@@ -225,7 +233,7 @@ class CounterfactualFineTuner(pl.LightningModule):
             refiller=refiller,
             relevance=relevance,
             distillation=distillation,
-            relevance_source=relevance_source,
+            relevance_source="student" if relevance_source == "student" else "teacher",
             fuse_student_passes=fuse_student_passes,
             share_relevance_pass=share_relevance_pass,
         )
@@ -238,6 +246,17 @@ class CounterfactualFineTuner(pl.LightningModule):
         self.distillation = objective.distillation
         self.teachers = objective.teachers
         self.__dict__["_objective"] = objective
+        if relevance_source == "cached_teacher" and not (
+            masker is not None and masker.requires_relevance
+        ):
+            raise ValueError(
+                "relevance_source='cached_teacher' caches the map a masker reads, but the "
+                f"masker {type(masker).__name__} uses no relevance; use a relevance masker "
+                "(ObjectMasker, ContextMasker) or relevance_source='student'."
+            )
+        # (num_samples, N) fp16 teacher map of the training set (cached_teacher only);
+        # a plain attribute, so it never enters a checkpoint.
+        self._cached_relevance: Tensor | None = None
         self._rng_to_restore: dict[str, Any] | None = None
 
         # Store every component as {class_path, init_args}: the format LightningCLI
@@ -283,6 +302,8 @@ class CounterfactualFineTuner(pl.LightningModule):
             self._bind_class_names(datamodule)
         if stage == "fit" and self._trainer is not None:
             self._check_recipe_global_batch(datamodule)
+            if self.hparams["relevance_source"] == "cached_teacher":
+                request_indexed_batches(datamodule)
         expected = getattr(datamodule, "num_classes", None)
         if isinstance(expected, int) and expected != self.student.num_classes:
             raise ValueError(
@@ -387,7 +408,14 @@ class CounterfactualFineTuner(pl.LightningModule):
         checkpoint is read: what runs in between (the sanity check, building the
         loaders) would otherwise shift them. See
         :func:`~cfmask.training.checkpoints.resume_training_loaders`.
+
+        With ``relevance_source="cached_teacher"``, first reads the teacher's map of the
+        training set, building it if missing (:mod:`cfmask.training.teacher_relevance`).
         """
+        if self.hparams["relevance_source"] == "cached_teacher":
+            self._cached_relevance = cached_relevance_for_fit(
+                self.objective, self.trainer, self.hparams.get("relevance_cache_dir")
+            )
         pending, self._rng_to_restore = self._rng_to_restore, None
         if self._trainer is None or not self.trainer.ckpt_path:
             return
@@ -428,9 +456,12 @@ class CounterfactualFineTuner(pl.LightningModule):
         """
         if batch is None:  # every image of the batch was skipped as unreadable
             return None
+        scores = None
+        if self.hparams["relevance_source"] == "cached_teacher":
+            batch, scores = self._cached_rows(batch)
         images, targets = batch[0], batch[1]
         object_masks = batch[2] if len(batch) > 2 else None
-        out = self.objective(images, targets, object_masks=object_masks)
+        out = self.objective(images, targets, object_masks=object_masks, scores=scores)
         bs = images.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=bs)
         self.log("train/loss_ce", out.loss_ce, batch_size=bs)
@@ -438,6 +469,24 @@ class CounterfactualFineTuner(pl.LightningModule):
         if out.mask_fraction is not None:
             self.log("train/mask_fraction", out.mask_fraction, batch_size=bs)
         return {"loss": out.loss, "mask": out.mask}
+
+    def _cached_rows(self, batch: Sequence[Tensor]) -> tuple[Sequence[Tensor], Tensor]:
+        """Split the sample indices off a batch and look up their cached teacher maps."""
+        indices = batch[-1]
+        if self._cached_relevance is None:
+            raise RuntimeError("the cached teacher relevance is read in on_train_start")
+        if not (
+            isinstance(indices, Tensor)
+            and indices.ndim == 1
+            and indices.shape[0] == batch[0].shape[0]
+            and not indices.is_floating_point()
+        ):
+            raise ValueError(
+                "with relevance_source='cached_teacher' every training batch must end with "
+                "the (B,) sample indices (cfmask.data.IndexedDataset)"
+            )
+        rows = self._cached_relevance[indices.to(self._cached_relevance.device)]
+        return batch[:-1], rows.float()
 
     # ------------------------------------------------------------- evaluation
     def validation_step(self, batch: Sequence[Tensor] | None, batch_idx: int) -> None:

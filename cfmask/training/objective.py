@@ -422,7 +422,11 @@ class CounterfactualObjective(nn.Module):
         )
 
     def forward(
-        self, images: Tensor, targets: Tensor, object_masks: Tensor | None = None
+        self,
+        images: Tensor,
+        targets: Tensor,
+        object_masks: Tensor | None = None,
+        scores: Tensor | None = None,
     ) -> ObjectiveResult:
         """Compute every term of the objective for one batch.
 
@@ -432,6 +436,9 @@ class CounterfactualObjective(nn.Module):
             object_masks: Optional ``(B, H, W)`` ground-truth object masks, needed by
                 maskers that declare ``requires_object_masks`` (see
                 :meth:`make_counterfactual`).
+            scores: Optional precomputed ``(B, N)`` relevance for the masker (e.g. the
+                cached teacher map, :mod:`cfmask.training.teacher_relevance`); no relevance pass
+                runs then.
 
         Returns:
             The :class:`ObjectiveResult`; ``loss`` carries the gradient.
@@ -449,7 +456,7 @@ class CounterfactualObjective(nn.Module):
             cf = None
             feats = self.student.forward_features(images)
             logits = self.student.forward_head(feats)
-        elif self.can_share_relevance_pass():
+        elif scores is None and self.can_share_relevance_pass():
             shared = self._require_relevance().forward_with_outputs(self.student, images, targets)
             feats, logits = shared.features, shared.logits
             cf, mask = self.make_counterfactual(
@@ -457,7 +464,9 @@ class CounterfactualObjective(nn.Module):
             )
             feats_cf = self._student_cf_features(cf)
         else:
-            cf, mask = self.make_counterfactual(images, targets, object_masks=object_masks)
+            cf, mask = self.make_counterfactual(
+                images, targets, scores=scores, object_masks=object_masks
+            )
             feats, feats_cf = self._student_features(images, cf)
             logits = self.student.forward_head(feats)
         loss_ce = F.cross_entropy(logits.float(), targets)

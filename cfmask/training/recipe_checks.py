@@ -125,9 +125,10 @@ def validate_options(
     check_number("pct_start", pct_start, low=0, high=1, low_open=True, high_open=True)
     if gradient_clip_norm is not None:
         check_number("gradient_clip_norm", gradient_clip_norm, low=0)
-    if relevance_source not in ("student", "teacher"):
+    if relevance_source not in ("student", "teacher", "cached_teacher"):
         raise ValueError(
-            f"relevance_source must be 'student' or 'teacher', got {relevance_source!r}"
+            "relevance_source must be 'student', 'teacher' or 'cached_teacher', got "
+            f"{relevance_source!r}"
         )
     if trainable not in ("all", "head"):
         raise ValueError(f"trainable must be 'all' or 'head', got {trainable!r}")
