@@ -141,9 +141,7 @@ def inspect_trunk(model: Any, model_name: str) -> TrunkSupport:
         )
     for i, blk in enumerate(blocks):
         attn = getattr(blk, "attn", None)
-        if not (
-            hasattr(attn, "fused_attn") and isinstance(getattr(attn, "attn_drop", None), nn.Module)
-        ):
+        if not _attention_reachable(attn):
             raise TypeError(
                 f"{model_name!r}: block {i} ({type(blk).__name__}, attention "
                 f"{type(attn).__name__}) is not supported: its attention probabilities are "
@@ -210,13 +208,20 @@ def _latent_pool_forward(probes: list[Tensor] | None) -> Any:
     return forward
 
 
+def _attention_reachable(attn: Any) -> bool:
+    """Whether a timm attention module exposes its probabilities (explicit softmax path).
+
+    cfmask reads them through timm's ``fused_attn`` switch and the ``attn_drop`` module
+    that is applied to the probabilities.
+    """
+    return hasattr(attn, "fused_attn") and isinstance(getattr(attn, "attn_drop", None), nn.Module)
+
+
 def _attention_modules(model: Any, model_name: str) -> list[Any]:
     attns: list[Any] = []
     for i, blk in enumerate(model.blocks):
         attn = getattr(blk, "attn", None)
-        if not (
-            hasattr(attn, "fused_attn") and isinstance(getattr(attn, "attn_drop", None), nn.Module)
-        ):
+        if not _attention_reachable(attn):
             raise AttentionCaptureError(
                 f"cannot capture attention of {model_name!r}: block {i} "
                 f"({type(blk).__name__}) has no attn.fused_attn/attn.attn_drop of timm's "
