@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -34,59 +33,36 @@ from cfmask.demo.data import (
 from cfmask.demo.pretrained import (
     SHIPPED_RECIPE,
     SHIPPED_WEIGHTS,
-    save_pretrained,
     sha256_file,
     verify_pretrained,
 )
-from cfmask.demo.runner import PROFILES, FineTuneConfig, Profile
+from cfmask.demo.runner import PROFILES
 from cfmask.demo.stats import compare_to_reference
 from cfmask.demo.teacher import (
-    ModelConfig,
     PretrainConfig,
     build_backbone,
     pinned_torch,
-    pretrain_teacher,
 )
 
-
-def _write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape
-    )
-    payload = header + array.astype(np.uint8).tobytes()
-    if compress:
-        with gzip.open(path.with_name(path.name + ".gz"), "wb") as fh:
-            fh.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
-def _fake_fashion(folder: Path, n_train: int = 400, n_test: int = 200, seed: int = 0) -> None:
-    """Write four IDX files whose 'garments' are class-dependent bright rectangles."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = np.zeros((n, 28, 28), dtype=np.uint8)
-        for i, y in enumerate(labels):
-            h = 8 + 2 * int(y)
-            images[i, 14 - h // 2 : 14 + h // 2, 6:22] = 120 + 10 * int(y)
-        _write_idx(folder / f"{split}-images-idx3-ubyte", images)
-        _write_idx(folder / f"{split}-labels-idx1-ubyte", labels, compress=False)
+from .helpers.demo_fakes import (
+    fake_fashion,
+    hide_system_data,
+    tiny_profile,
+    tiny_weights,
+    write_idx,
+)
 
 
 @pytest.fixture()
 def no_system_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Hide the Debian copy, the user cache and $CFMASK_DATA_DIR."""
-    monkeypatch.setattr(demo_data, "DEBIAN_DIR", tmp_path / "no-debian")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("CFMASK_DATA_DIR", raising=False)
+    hide_system_data(monkeypatch, tmp_path)
 
 
 def test_read_idx_round_trip(tmp_path: Path) -> None:
     arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
-    _write_idx(tmp_path / "x", arr)
-    _write_idx(tmp_path / "y", arr, compress=False)
+    write_idx(tmp_path / "x", arr)
+    write_idx(tmp_path / "y", arr, compress=False)
     np.testing.assert_array_equal(read_idx(tmp_path / "x.gz"), arr)
     np.testing.assert_array_equal(read_idx(tmp_path / "y"), arr)
     (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
@@ -121,13 +97,13 @@ def test_main_returns_2_without_data(
 
 
 def test_torchvision_layout_is_found(tmp_path: Path, no_system_data: None) -> None:
-    _fake_fashion(tmp_path / "FashionMNIST" / "raw")
+    fake_fashion(tmp_path / "FashionMNIST" / "raw")
     files = find_fashion_mnist(tmp_path, allow_install=False)
     assert set(files) == {"train_images", "train_labels", "test_images", "test_labels"}
 
 
 def test_benchmark_splits_and_shifts(tmp_path: Path, no_system_data: None) -> None:
-    _fake_fashion(tmp_path, n_train=600, n_test=300)
+    fake_fashion(tmp_path, n_train=600, n_test=300)
     raw = demo_data.load_fashion_mnist(tmp_path, allow_install=False)
     pool_cfg = PoolConfig(n_images=300)
     cfg = BenchmarkConfig(n_finetune=200, n_val=50, n_test=40, cue_strength=0.9)
@@ -167,7 +143,7 @@ def test_pool_is_independent_of_the_data_seed(tmp_path: Path, no_system_data: No
     assert set(pool_b.tolist()) != set(pool_a.tolist())
     # Garment identity: give every train image a unique pixel code, then check that no
     # fine-tuning/validation image of any data seed uses a pool garment.
-    _fake_fashion(tmp_path, n_train=600, n_test=100)
+    fake_fashion(tmp_path, n_train=600, n_test=100)
     tr_x, tr_y, te_x, te_y = demo_data.load_fashion_mnist(tmp_path, allow_install=False)
     tr_x = tr_x.copy()
     tr_x[:, 0, 0] = np.arange(600) % 256
@@ -186,7 +162,7 @@ def test_pool_is_independent_of_the_data_seed(tmp_path: Path, no_system_data: No
 
 
 def test_benchmark_rejects_too_large_sizes(tmp_path: Path, no_system_data: None) -> None:
-    _fake_fashion(tmp_path, n_train=100, n_test=60)
+    fake_fashion(tmp_path, n_train=100, n_test=60)
     raw = demo_data.load_fashion_mnist(tmp_path, allow_install=False)
     with pytest.raises(ValueError, match="Fashion-MNIST has"):
         build_benchmark(
@@ -198,50 +174,12 @@ def test_benchmark_rejects_too_large_sizes(tmp_path: Path, no_system_data: None)
         )
 
 
-TINY_MODEL = ModelConfig(model_kwargs={"embed_dim": 16, "depth": 1, "num_heads": 2})
-TINY_POOL = PoolConfig(n_images=160)
-
-
-def _tiny_weights(folder: Path, data_dir: Path) -> Path:
-    """Pre-train a tiny model for one epoch and save it with its recipe."""
-    raw = demo_data.load_fashion_mnist(data_dir, allow_install=False)
-    cfg = PretrainConfig(pool=TINY_POOL, epochs=1, batch_size=32)
-    state = pretrain_teacher(build_pretrain_pool(TINY_POOL, raw), TINY_MODEL, cfg)
-    path = folder / "tiny.safetensors"
-    save_pretrained(state, path, TINY_MODEL, cfg, {"id": 0.0}, 1.0)
-    return path
-
-
-def _tiny_profile(workers: int = 1) -> Profile:
-    return dataclasses.replace(
-        PROFILES["default"],
-        bench=BenchmarkConfig(n_finetune=64, n_val=32, n_test=16),
-        model=TINY_MODEL,
-        pretrain=PretrainConfig(pool=TINY_POOL, epochs=1, batch_size=32),
-        finetune=FineTuneConfig(
-            steps=2,
-            batch_size=8,
-            warmup_steps=1,
-            betas=(1.0, 3.0),
-            object_thresholds=(0.3, 0.5),
-            context_thresholds=(0.5,),
-            random_ratios=(0.5,),
-            wise_alphas=(0.0, 0.5, 1.0),
-        ),
-        seeds=2,
-        workers=workers,
-        mask_every=1,
-    )
-
-
 def test_tiny_demo_run_writes_every_output(tmp_path: Path, no_system_data: None) -> None:
     """A very small in-process run of the whole pipeline on fake data."""
-    _fake_fashion(tmp_path / "data", n_train=260, n_test=120)
-    weights = _tiny_weights(tmp_path, tmp_path / "data")
+    fake_fashion(tmp_path / "data", n_train=260, n_test=120)
+    weights = tiny_weights(tmp_path, tmp_path / "data")
     out = tmp_path / "out"
-    payload = run_demo(
-        _tiny_profile(), out, tmp_path / "data", allow_install=False, weights=weights
-    )
+    payload = run_demo(tiny_profile(), out, tmp_path / "data", allow_install=False, weights=weights)
     results = json.loads((out / "results.json").read_text())
     sel = results["selection"]
     assert sel["beta"] in (1.0, 3.0)
@@ -337,10 +275,10 @@ def test_beta_grid_compares_every_masker_at_every_beta(
     tmp_path: Path, no_system_data: None
 ) -> None:
     """``--beta-grid``: FD and every masker, the exact-mask row included, at each beta."""
-    _fake_fashion(tmp_path / "data", n_train=260, n_test=120)
-    weights = _tiny_weights(tmp_path, tmp_path / "data")
+    fake_fashion(tmp_path / "data", n_train=260, n_test=120)
+    weights = tiny_weights(tmp_path, tmp_path / "data")
     results = run_demo(
-        _tiny_profile(),
+        tiny_profile(),
         tmp_path / "out",
         tmp_path / "data",
         allow_install=False,
@@ -364,18 +302,18 @@ def test_beta_grid_compares_every_masker_at_every_beta(
 
 
 def test_weights_of_another_pool_are_refused(tmp_path: Path, no_system_data: None) -> None:
-    _fake_fashion(tmp_path / "data", n_train=260, n_test=120)
-    weights = _tiny_weights(tmp_path, tmp_path / "data")
+    fake_fashion(tmp_path / "data", n_train=260, n_test=120)
+    weights = tiny_weights(tmp_path, tmp_path / "data")
     profile = dataclasses.replace(
-        _tiny_profile(), pretrain=PretrainConfig(pool=PoolConfig(n_images=100))
+        tiny_profile(), pretrain=PretrainConfig(pool=PoolConfig(n_images=100))
     )
     with pytest.raises(ValueError, match="pool"):
         run_demo(profile, tmp_path / "out", tmp_path / "data", allow_install=False, weights=weights)
 
 
 def test_tampered_weights_are_refused(tmp_path: Path, no_system_data: None) -> None:
-    _fake_fashion(tmp_path / "data", n_train=260, n_test=120)
-    weights = _tiny_weights(tmp_path, tmp_path / "data")
+    fake_fashion(tmp_path / "data", n_train=260, n_test=120)
+    weights = tiny_weights(tmp_path, tmp_path / "data")
     assert verify_pretrained(weights).sha256 == sha256_file(weights)
     raw = bytearray(weights.read_bytes())
     raw[-1] ^= 0xFF
@@ -420,10 +358,10 @@ def test_main_rejects_conflicting_weight_options(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_workers_do_not_change_the_numbers(tmp_path: Path, no_system_data: None) -> None:
     """Two worker processes give exactly the figures of the in-process run."""
-    _fake_fashion(tmp_path / "data", n_train=260, n_test=120)
-    weights = _tiny_weights(tmp_path, tmp_path / "data")
-    one = run_demo(_tiny_profile(1), tmp_path / "a", tmp_path / "data", weights=weights)
-    two = run_demo(_tiny_profile(2), tmp_path / "b", tmp_path / "data", weights=weights)
+    fake_fashion(tmp_path / "data", n_train=260, n_test=120)
+    weights = tiny_weights(tmp_path, tmp_path / "data")
+    one = run_demo(tiny_profile(1), tmp_path / "a", tmp_path / "data", weights=weights)
+    two = run_demo(tiny_profile(2), tmp_path / "b", tmp_path / "data", weights=weights)
 
     def strip(payload: dict[str, Any], key: str) -> list[dict[str, Any]]:
         return [
@@ -473,7 +411,7 @@ def test_cfmask_demo_pretrain_command_writes_weights_with_their_recipe(
 
     # It reports its figures on the default benchmark: 5 000 garments outside the pool
     # and 2 000 per test set.
-    _fake_fashion(tmp_path / "data", n_train=5064, n_test=2000)
+    fake_fashion(tmp_path / "data", n_train=5064, n_test=2000)
     out = tmp_path / "w" / "pre.safetensors"
     argv = ["demo", "pretrain", "--output", str(out), "--data-dir", str(tmp_path / "data")]
     argv += ["--pool-size", "64", "--epochs", "1", "--width", "16", "--depth", "1"]

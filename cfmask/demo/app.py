@@ -42,7 +42,6 @@ from cfmask.demo.data import (
     load_fashion_mnist,
 )
 from cfmask.demo.pretrained import (
-    SHIPPED_WEIGHTS,
     environment,
     pretrain_main,
     save_pretrained,
@@ -62,6 +61,7 @@ from cfmask.demo.runner import (
     kd_method,
     standard_masking_methods,
     vanilla_method,
+    weights_for_profile,
 )
 from cfmask.demo.stats import (
     BETA_RULE,
@@ -72,6 +72,7 @@ from cfmask.demo.stats import (
     paired_deltas,
     regime_checks,
 )
+from cfmask.demo.study_run import main as study_main
 from cfmask.demo.teacher import build_backbone, pinned_torch, pretrain_teacher
 
 __all__ = ("build_parser", "headline", "main", "run_demo")
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Shifted Fashion-MNIST: an offline, CPU-sized version of the paper's "
         "experiment (shipped pre-trained model, spurious-cue fine-tuning data, ID and five "
         "OOD test sets, pre-registered regime checks, every method on the same seeds). "
-        "`cfmask demo pretrain --output FILE.safetensors` retrains the pre-trained model.",
+        "`cfmask demo pretrain --output FILE.safetensors` retrains the pre-trained model; "
+        "`cfmask demo study` runs the claims study over several data seeds.",
     )
     parser.add_argument(
         "--quick",
@@ -245,23 +247,7 @@ def _pretrained_weights(
         )
         rec = verify_pretrained(path)
         return path, {"source": "trained by --pretrain", "file": str(path), "sha256": rec.sha256}
-    path = weights if weights is not None else SHIPPED_WEIGHTS
-    rec = verify_pretrained(path)
-    if rec.model != profile.model:
-        raise ValueError(
-            f"{path} was trained for {rec.model}, but the profile uses {profile.model}"
-        )
-    if rec.pretrain.pool != profile.pretrain.pool:
-        raise ValueError(
-            f"{path} was trained on pool {rec.pretrain.pool}; the benchmark excludes the "
-            f"garments of {profile.pretrain.pool}. Use weights of the profile's pool."
-        )
-    return path, {
-        "source": "shipped" if weights is None else "--weights",
-        "file": str(path),
-        "sha256": rec.sha256,
-        "recipe": dataclasses.asdict(rec.pretrain),
-    }
+    return weights_for_profile(profile, weights)
 
 
 def _progress_line(console: Console, ood: Sequence[str]) -> Any:
@@ -688,7 +674,7 @@ def wise_curves_with_ends(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``cfmask demo [options]`` and ``cfmask demo pretrain --output FILE``.
+    """Entry point of ``cfmask demo [options]``, ``cfmask demo pretrain`` and ``cfmask demo study``.
 
     Args:
         argv: Arguments after ``demo``; ``None`` reads ``sys.argv[1:]``.
@@ -698,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     console = Console(width=None if sys.stdout.isatty() else 150)
+    if argv[:1] == ["study"]:
+        return study_main(argv[1:])
     if argv[:1] == ["pretrain"]:
         try:
             return pretrain_main(argv[1:])

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from cfmask.backbones.state_dicts import interpolate_state_dicts
 from cfmask.data.relevance_cache import IndexedDataset
 from cfmask.demo.data import Benchmark, BenchmarkConfig, TensorImageDataset
+from cfmask.demo.pretrained import SHIPPED_WEIGHTS, verify_pretrained
 from cfmask.demo.teacher import ModelConfig, PretrainConfig, accuracy, build_backbone, pinned_torch
 from cfmask.losses import DistillationLoss, FeatureDistillationLoss, LogitDistillationLoss
 from cfmask.masking import (
@@ -59,12 +60,18 @@ __all__ = (
     "MaskFractionMeter",
     "Method",
     "Profile",
+    "RunContext",
     "cached_teacher_object_method",
     "exact_object_method",
     "fd_method",
     "kd_method",
+    "linear_probe_method",
+    "lp_ft_method",
     "masking_method",
+    "soup_member_method",
     "vanilla_method",
+    "weights_for_profile",
+    "wise_kd_method",
 )
 
 
@@ -153,6 +160,43 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def weights_for_profile(
+    profile: Profile, weights: Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Check pre-trained weights against a profile and describe where they come from.
+
+    Args:
+        profile: The run's profile (architecture and pre-training pool).
+        weights: A ``.safetensors`` file with its ``.json`` recipe; ``None`` takes the
+            shipped file.
+
+    Returns:
+        The weights file and ``{"source", "file", "sha256", "recipe"}``.
+
+    Raises:
+        ValueError: If the file was trained for another architecture or pool (its
+            hash and recipe are checked by
+            :func:`~cfmask.demo.pretrained.verify_pretrained`).
+    """
+    path = weights if weights is not None else SHIPPED_WEIGHTS
+    rec = verify_pretrained(path)
+    if rec.model != profile.model:
+        raise ValueError(
+            f"{path} was trained for {rec.model}, but the profile uses {profile.model}"
+        )
+    if rec.pretrain.pool != profile.pretrain.pool:
+        raise ValueError(
+            f"{path} was trained on pool {rec.pretrain.pool}; the benchmark excludes the "
+            f"garments of {profile.pretrain.pool}. Use weights of the profile's pool."
+        )
+    return path, {
+        "source": "shipped" if weights is None else "--weights",
+        "file": str(path),
+        "sha256": rec.sha256,
+        "recipe": dataclasses.asdict(rec.pretrain),
+    }
+
+
 @dataclass(frozen=True)
 class Method:
     """One fine-tuning method: the library components handed to the fine-tuner.
@@ -168,6 +212,10 @@ class Method:
         relevance_source: The fine-tuner's ``relevance_source``: ``"student"`` (the
             reference's map of the current model) or ``"cached_teacher"`` (the frozen
             pre-trained model's map, computed once per training set).
+        lr_scale: Multiplies the recipe's learning rate (``FineTuneConfig.lr``); the
+            uniform soup's members differ in it.
+        trainable: The fine-tuner's ``trainable``: ``"all"``, or ``"head"`` for the
+            linear probe of LP-FT.
     """
 
     key: str
@@ -178,6 +226,8 @@ class Method:
     relevance: RelevanceMap | None = None
     group: str = "baseline"
     relevance_source: str = "student"
+    lr_scale: float = 1.0
+    trainable: Literal["all", "head"] = "all"
 
     def components(self) -> dict[str, Any]:
         """Fresh copies of the components, as keyword arguments of the fine-tuner."""
@@ -198,6 +248,10 @@ class Method:
         }
         if self.relevance_source != "student":
             out["relevance_source"] = self.relevance_source
+        if self.lr_scale != 1.0:
+            out["lr_scale"] = self.lr_scale
+        if self.trainable != "all":
+            out["trainable"] = self.trainable
         return out
 
 
@@ -324,6 +378,69 @@ def cached_teacher_object_method(beta: float, threshold: float) -> Method:
     return dataclasses.replace(method, relevance_source="cached_teacher")
 
 
+def linear_probe_method(lr_scale: float) -> Method:
+    """The first stage of LP-FT: the pre-trained head trained alone, encoder frozen.
+
+    Args:
+        lr_scale: Learning rate of the probe relative to the recipe's (the library's
+            recipes probe at a higher rate than they fine-tune).
+
+    Returns:
+        The method, key ``"linear-probe"``.
+    """
+    return Method("linear-probe", "Linear probe", lr_scale=lr_scale, trainable="head")
+
+
+def lp_ft_method() -> Method:
+    """The second stage of LP-FT: vanilla fine-tuning started from the linear probe.
+
+    The start point is the probe's state, given to the :class:`Job` as
+    ``init_state``; the recipe is vanilla fine-tuning's.
+
+    Returns:
+        The method, key ``"lp-ft"``.
+    """
+    return Method("lp-ft", "LP-FT")
+
+
+def soup_member_method(lr_scale: float) -> Method:
+    """Vanilla fine-tuning at a scaled learning rate: one ingredient of a uniform soup.
+
+    Args:
+        lr_scale: Factor on the recipe's learning rate.
+
+    Returns:
+        The method, key ``"vanilla-lr<scale>"`` (``"vanilla"`` itself at 1).
+    """
+    if lr_scale == 1.0:
+        return vanilla_method()
+    return Method(f"vanilla-lr{lr_scale:g}", f"Vanilla FT lr x{lr_scale:g}", lr_scale=lr_scale)
+
+
+def wise_kd_method(
+    beta: float, threshold: float, teacher: str, weight: float, temperature: float
+) -> Method:
+    """WiSE-KD (the paper's Fig. 6): CAM object masking plus KD from a WiSE-FT model.
+
+    The masking objective of :func:`masking_method` (feature distillation from the
+    pre-trained model on object-masked counterfactuals) with a logit distillation term
+    on clean images whose teacher is a WiSE-FT mixture, read from a file.
+
+    Args:
+        beta: Feature distillation weight.
+        threshold: Object-mask CAM threshold.
+        teacher: Path of the WiSE-FT model's state dict (``torch.save``).
+        weight: Weight ``gamma`` of the logit distillation (1 in the paper).
+        temperature: Its temperature (10 in the paper).
+
+    Returns:
+        The method, key ``"wise-kd"``.
+    """
+    base = masking_method("wise-kd", "WiSE-KD", ObjectMasker(threshold=threshold), beta)
+    kd = LogitDistillationLoss(weight=weight, temperature=temperature, teacher=teacher)
+    return dataclasses.replace(base, distillation=(*base.distillation, kd))
+
+
 class _Progress(pl.Callback):
     """Advance a progress callback after every training step."""
 
@@ -412,6 +529,10 @@ class Job:
             with ``wise_alphas``) instead of training; needs ``method=None``.
         mask_quality: Measure CAM object masks against the exact masks.
         val_only: Evaluate on the ID validation split only (selection runs).
+        init_state: Backbone state dict to start fine-tuning from instead of the
+            pre-trained weights (LP-FT's second stage starts from the linear probe).
+            A method with a frozen initial teacher would copy this state as its
+            teacher; the study only uses it without distillation.
     """
 
     tag: str
@@ -422,6 +543,7 @@ class Job:
     state: Mapping[str, Tensor] | None = None
     mask_quality: bool = False
     val_only: bool = False
+    init_state: Mapping[str, Tensor] | None = None
 
 
 @dataclass
@@ -445,8 +567,18 @@ class JobResult:
     mask_quality: list[dict[str, float]] | None = None
 
 
-class _Context:
-    """What every job needs: profile, data and the pre-trained weights."""
+class RunContext:
+    """What every job needs: profile, data and the pre-trained weights.
+
+    Runs jobs in the current process (:meth:`run`); :class:`JobRunner` holds one per
+    worker process. The claims study (:mod:`cfmask.demo.study_run`) holds one per data
+    seed in each of its worker processes.
+
+    Args:
+        profile: Sizes and recipes.
+        bench: The benchmark data.
+        weights: The pre-trained weights file.
+    """
 
     def __init__(self, profile: Profile, bench: Benchmark, weights: Path) -> None:
         self.profile = profile
@@ -458,19 +590,23 @@ class _Context:
         self._relevance_cache: tempfile.TemporaryDirectory[str] | None = None
 
     def relevance_cache_dir(self) -> str:
+        """A folder, kept while this context lives, for the cached teacher maps."""
         if self._relevance_cache is None:
             self._relevance_cache = tempfile.TemporaryDirectory(prefix="cfmask-demo-relevance-")
         return self._relevance_cache.name
 
     def backbone(self) -> Any:
+        """A fresh copy of the pre-trained classifier."""
         return build_backbone(self.profile.model, pretrained=str(self.weights))
 
     def zero_shot_state(self) -> dict[str, Tensor]:
+        """The pre-trained state dict (``theta_0`` of the WiSE mixtures), built once."""
         if self._zero_shot is None:
             self._zero_shot = {k: v.clone() for k, v in self.backbone().state_dict().items()}
         return self._zero_shot
 
     def evaluate(self, backbone: torch.nn.Module, val_only: bool = False) -> SeedResult:
+        """Accuracy (%) on ID validation and, unless ``val_only``, every test set."""
         tests = self.bench.tests
         out: SeedResult = {"val": accuracy(backbone, self.bench.val)}
         if not val_only:
@@ -479,10 +615,21 @@ class _Context:
         return out
 
     def fine_tune(
-        self, method: Method, seed: int, callbacks: Sequence[pl.Callback]
+        self,
+        method: Method,
+        seed: int,
+        callbacks: Sequence[pl.Callback],
+        init_state: Mapping[str, Tensor] | None = None,
     ) -> CounterfactualFineTuner:
+        """Fine-tune with ``method`` on the training split at ``seed``; return the module.
+
+        ``init_state`` replaces the pre-trained start point (LP-FT's second stage).
+        """
         ft = self.profile.finetune
         pl.seed_everything(seed, workers=True, verbose=False)
+        backbone = self.backbone()
+        if init_state is not None:
+            backbone.load_state_dict(dict(init_state))
         cached = method.relevance_source == "cached_teacher"
         extra: dict[str, Any] = {}
         if method.relevance_source != "student":
@@ -490,8 +637,9 @@ class _Context:
         if cached:
             extra["relevance_cache_dir"] = self.relevance_cache_dir()
         model = CounterfactualFineTuner(
-            self.backbone(),
-            lr=ft.lr,
+            backbone,
+            lr=ft.lr * method.lr_scale,
+            trainable=method.trainable,
             weight_decay=ft.weight_decay,
             schedule="warmup_cosine",
             warmup_steps=ft.warmup_steps,
@@ -526,6 +674,15 @@ class _Context:
         return model
 
     def run(self, job: Job, advance: Callable[[], None] | None = None) -> JobResult:
+        """Run one job at the profile's pinned thread count.
+
+        Args:
+            job: The job.
+            advance: Called after every training step (progress bars).
+
+        Returns:
+            Its :class:`JobResult`.
+        """
         with pinned_torch(self.profile.finetune.threads):
             return self._run(job, advance)
 
@@ -548,7 +705,7 @@ class _Context:
                 cbs.append(quality)
             if advance is not None:
                 cbs.append(_Progress(advance))
-            model = self.fine_tune(job.method, job.seed, cbs)
+            model = self.fine_tune(job.method, job.seed, cbs, job.init_state)
             student = model.student.cpu()
             res = self.evaluate(student, job.val_only)
             if fraction.mean is not None:
@@ -576,7 +733,7 @@ class _Context:
         return out
 
 
-_WORKER: _Context | None = None
+_WORKER: RunContext | None = None
 
 
 def _init_worker(profile: Profile, bench: Benchmark, weights: Path) -> None:
@@ -584,7 +741,7 @@ def _init_worker(profile: Profile, bench: Benchmark, weights: Path) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    _WORKER = _Context(profile, bench, weights)
+    _WORKER = RunContext(profile, bench, weights)
 
 
 def _run_in_worker(job: Job) -> JobResult:
@@ -603,7 +760,7 @@ class JobRunner:
     """
 
     def __init__(self, profile: Profile, bench: Benchmark, weights: Path) -> None:
-        self.context = _Context(profile, bench, weights)
+        self.context = RunContext(profile, bench, weights)
         self.workers = max(1, profile.workers)
         self._pool: ProcessPoolExecutor | None = None
 

@@ -16,13 +16,16 @@ each, and reads every comparison at two levels:
   headline.
 
 The comparisons (:data:`COMPARISONS`), the reading rule (:func:`verdict`), the power
-rule (:func:`plan_seeds`) and the Fig. 6 rule (:func:`wise_dominance`) are fixed
-here; the study only fills them with numbers. Everything is a pure function of
-accuracies in percent.
+rule (:func:`plan_seeds`), the matched-ID rule (:func:`best_variant`,
+:func:`ood_at_id`) and the Fig. 6 rules (:func:`wise_dominance`,
+:func:`fig6_reading`) are fixed here; the study only fills them with numbers.
+Everything is a pure function of accuracies in percent, except :class:`StudyConfig`,
+the design and the choices it holds fixed.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,10 +33,15 @@ from dataclasses import dataclass
 from cfmask.demo.stats import Interval, mean_ci95, t_quantile_975
 
 __all__ = (
+    "BEST_CANDIDATES",
     "COMPARISONS",
+    "best_variant",
+    "fig6_reading",
+    "ood_at_id",
     "HALF_WIDTH_TARGET",
     "Comparison",
     "SeedPlan",
+    "StudyConfig",
     "TwoLevelInterval",
     "VarianceComponents",
     "planned_half_width",
@@ -103,6 +111,24 @@ COMPARISONS: tuple[Comparison, ...] = (
         "object-single",
         "random-single",
         "Table 3: masking the object is best (it beats random masks)",
+    ),
+    Comparison(
+        "CAM object - vanilla",
+        "object-single",
+        "vanilla",
+        "Tables 1 and 3: the method is more robust than vanilla fine-tuning",
+    ),
+    Comparison(
+        "CAM object - LP-FT",
+        "object-single",
+        "lp-ft",
+        "Table 3: the method beats LP-FT in OOD accuracy",
+    ),
+    Comparison(
+        "CAM object - uniform soup",
+        "object-single",
+        "soup",
+        "Table 3: the method beats a uniform model soup in OOD accuracy",
     ),
 )
 
@@ -353,3 +379,186 @@ def wise_dominance(id_deltas: Interval, ood_deltas: Interval) -> str:
     if "contradicts" in readings:
         return "does not dominate"
     return "unresolved"
+
+
+#: The masking variants among which :func:`best_variant` picks the one compared with
+#: WiSE-FT and KD at matched ID (the exact-mask ceiling is left out: it reads the true
+#: segmentation, which the paper's setting does not have).
+BEST_CANDIDATES: tuple[str, ...] = ("object-single", "context-single", "random-single")
+
+
+def best_variant(ood_means: Mapping[str, float]) -> str:
+    """The pre-registered "best masking variant": highest mean OOD accuracy.
+
+    The mean is the study's across-data-seeds mean of the OOD average. Ties go to the
+    earlier entry of :data:`BEST_CANDIDATES` (object before context before random).
+    Picking the winner on the same runs that then compare it with WiSE-FT and KD
+    favours it slightly (winner's curse); the pick is reported beside the comparison.
+
+    Args:
+        ood_means: Mean OOD accuracy of each method key (must include every candidate).
+
+    Returns:
+        The chosen key.
+
+    Raises:
+        KeyError: If a candidate is missing.
+
+    Example:
+        >>> best_variant({"object-single": 72.8, "context-single": 72.6,
+        ...               "random-single": 72.8})
+        'object-single'
+    """
+    missing = [k for k in BEST_CANDIDATES if k not in ood_means]
+    if missing:
+        raise KeyError(f"best_variant needs the mean OOD accuracy of {missing}")
+    best = BEST_CANDIDATES[0]
+    for key in BEST_CANDIDATES[1:]:
+        if ood_means[key] > ood_means[best]:
+            best = key
+    return best
+
+
+def ood_at_id(curve: Sequence[tuple[float, float]], id_acc: float) -> float | None:
+    """OOD accuracy of a piecewise-linear ID-OOD curve at a given ID accuracy.
+
+    The curve is a WiSE path, ``(ID, OOD)`` at increasing mixing weights, joined by
+    straight segments. Every segment whose ID range contains ``id_acc`` gives an
+    interpolated OOD value; the largest is returned (the curve's best OOD at that ID,
+    which is the conservative side for a method compared against the curve). Outside
+    the curve's ID range the comparison is not made.
+
+    Args:
+        curve: ``(id, ood)`` points in path order (at least two).
+        id_acc: The ID accuracy to match.
+
+    Returns:
+        The OOD accuracy, or ``None`` when ``id_acc`` lies outside every segment.
+
+    Raises:
+        ValueError: With fewer than two points.
+
+    Example:
+        >>> ood_at_id([(80.0, 76.0), (86.0, 74.0), (90.0, 67.0)], 88.0)
+        70.5
+        >>> ood_at_id([(80.0, 76.0), (90.0, 67.0)], 91.0) is None
+        True
+    """
+    if len(curve) < 2:
+        raise ValueError("ood_at_id needs a curve of at least two points")
+    found: list[float] = []
+    for (x0, y0), (x1, y1) in itertools.pairwise(curve):
+        lo, hi = min(x0, x1), max(x0, x1)
+        if not lo <= id_acc <= hi:
+            continue
+        if x1 == x0:
+            found.append(max(y0, y1))
+        else:
+            found.append(y0 + (y1 - y0) * (id_acc - x0) / (x1 - x0))
+    return max(found) if found else None
+
+
+def fig6_reading(per_alpha: Mapping[float, str]) -> str:
+    """The paper's Fig. 6 observation as a check over every mixing weight.
+
+    The paper finds that WiSE-Ours does not improve on the masking-trained model. With
+    one :func:`wise_dominance` reading per interior ``alpha``:
+
+    * ``"supports"``: no alpha dominates and at least one "does not dominate";
+    * ``"contradicts"``: some alpha dominates;
+    * ``"unresolved"``: every alpha is unresolved.
+
+    Args:
+        per_alpha: ``{alpha: wise_dominance reading}``.
+
+    Returns:
+        One of the three readings.
+
+    Raises:
+        ValueError: Without any alpha.
+
+    Example:
+        >>> fig6_reading({0.25: "unresolved", 0.5: "does not dominate"})
+        'supports'
+    """
+    if not per_alpha:
+        raise ValueError("fig6_reading needs at least one mixing weight")
+    readings = set(per_alpha.values())
+    if "dominates" in readings:
+        return "contradicts"
+    if "does not dominate" in readings:
+        return "supports"
+    return "unresolved"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The study's design and every choice it holds fixed.
+
+    The method choices are those the default ``cfmask demo`` selected on data seed 0
+    (README: beta = 1 by the written rule; object and context thresholds 0.5 and random
+    rate 0.75 by ID validation). The study does not select again on its draws, and its
+    data seeds leave out 0, the draw those choices were made on.
+
+    Attributes:
+        profile: Name of the :data:`~cfmask.demo.runner.PROFILES` entry that sets the
+            benchmark sizes and the fine-tuning recipe.
+        data_seeds: The benchmark draws ``d``.
+        train_seeds: Training seeds per draw, ``0 .. train_seeds - 1``.
+        beta: Feature distillation weight of FD and of every masking method.
+        object_threshold: CAM threshold of the object masks.
+        context_threshold: CAM threshold of the context masks.
+        random_ratio: Rate of the random masks.
+        exact_min_coverage: Coverage from which the exact masks mask a patch.
+        kd_weight: Weight of KD from the pre-trained model.
+        kd_temperature: Temperature of that KD.
+        wise_alphas: Interior mixing weights of every WiSE curve (the ends are the
+            pre-trained and the fine-tuned model).
+        soup_lr_scales: Learning-rate factors of the uniform soup's ingredients
+            (vanilla fine-tuning; the factor 1 run is the vanilla row itself).
+        lp_lr_scale: Learning-rate factor of LP-FT's linear probe.
+        wise_kd_alpha: Mixing weight of the WiSE-FT model that WiSE-KD distils from.
+        wise_kd_weight: WiSE-KD's ``gamma`` (1 in the paper).
+        wise_kd_temperature: WiSE-KD's temperature (10 in the paper).
+        workers: Worker processes (wall time only).
+    """
+
+    profile: str = "default"
+    data_seeds: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    train_seeds: int = 2
+    beta: float = 1.0
+    object_threshold: float = 0.5
+    context_threshold: float = 0.5
+    random_ratio: float = 0.75
+    exact_min_coverage: float = 0.5
+    kd_weight: float = 1.0
+    kd_temperature: float = 4.0
+    wise_alphas: tuple[float, ...] = (0.25, 0.5, 0.75)
+    soup_lr_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
+    lp_lr_scale: float = 10.0
+    wise_kd_alpha: float = 0.5
+    wise_kd_weight: float = 1.0
+    wise_kd_temperature: float = 10.0
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if len(self.data_seeds) < 2 or len(set(self.data_seeds)) != len(self.data_seeds):
+            raise ValueError(
+                f"the study needs two or more distinct data seeds, got {self.data_seeds}"
+            )
+        if self.train_seeds < 2:
+            raise ValueError(
+                f"the study needs two or more training seeds per data seed (each draw has "
+                f"its own paired interval), got {self.train_seeds}"
+            )
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if 1.0 not in self.soup_lr_scales or len(self.soup_lr_scales) < 2:
+            raise ValueError(
+                "soup_lr_scales must contain 1 (the vanilla run) and at least one other "
+                f"factor, got {self.soup_lr_scales}"
+            )
+        if self.wise_kd_alpha not in self.wise_alphas:
+            raise ValueError(
+                f"wise_kd_alpha {self.wise_kd_alpha} must be one of wise_alphas {self.wise_alphas}"
+            )
