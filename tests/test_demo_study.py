@@ -10,6 +10,9 @@ from cfmask.demo.stats import Interval
 from cfmask.demo.study import (
     COMPARISONS,
     VarianceComponents,
+    best_variant,
+    fig6_reading,
+    ood_at_id,
     plan_seeds,
     planned_half_width,
     two_level_interval,
@@ -99,6 +102,45 @@ def test_verdict_and_fig6_rule() -> None:
 
 def test_comparisons_are_fixed_and_distinct() -> None:
     names = [c.name for c in COMPARISONS]
-    assert len(set(names)) == len(names) == 6
-    assert ("object-single", "fd") in [(c.variant, c.reference) for c in COMPARISONS]
+    assert len(set(names)) == len(names) == 9
+    pairs = [(c.variant, c.reference) for c in COMPARISONS]
+    # The six of the masking claims, then Table 3's baselines against CAM object masks.
+    assert pairs[:6] == [
+        ("object-single", "fd"),
+        ("context-single", "fd"),
+        ("random-single", "fd"),
+        ("object-exact-single", "fd"),
+        ("object-exact-single", "object-single"),
+        ("object-single", "random-single"),
+    ]
+    assert pairs[6:] == [
+        ("object-single", "vanilla"),
+        ("object-single", "lp-ft"),
+        ("object-single", "soup"),
+    ]
     assert all(c.variant != c.reference for c in COMPARISONS)
+
+
+def test_ood_at_id_by_hand() -> None:
+    curve = [(80.0, 76.0), (86.0, 74.0), (90.0, 67.0)]
+    # On the second segment: 74 + (67 - 74) * (88 - 86) / (90 - 86) = 70.5.
+    assert ood_at_id(curve, 88.0) == pytest.approx(70.5)
+    assert ood_at_id(curve, 80.0) == pytest.approx(76.0)
+    assert ood_at_id(curve, 79.9) is None and ood_at_id(curve, 90.1) is None
+    # A path that turns back in ID: both segments hold ID 85; the higher OOD is taken.
+    back = [(80.0, 70.0), (90.0, 80.0), (84.0, 60.0)]
+    # First segment: 70 + 10 * 5 / 10 = 75; second: 80 - 20 * 5 / 6 = 63.33.
+    assert ood_at_id(back, 85.0) == pytest.approx(75.0)
+    with pytest.raises(ValueError, match="two points"):
+        ood_at_id([(1.0, 2.0)], 1.0)
+
+
+def test_best_variant_and_fig6_rules() -> None:
+    assert best_variant({"object-single": 1.0, "context-single": 2.0, "random-single": 2.0}) == (
+        "context-single"
+    )
+    with pytest.raises(KeyError, match="random-single"):
+        best_variant({"object-single": 1.0, "context-single": 2.0})
+    assert fig6_reading({0.25: "does not dominate", 0.5: "dominates"}) == "contradicts"
+    assert fig6_reading({0.25: "unresolved", 0.5: "unresolved"}) == "unresolved"
+    assert fig6_reading({0.25: "unresolved", 0.75: "does not dominate"}) == "supports"

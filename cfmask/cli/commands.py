@@ -9,10 +9,10 @@ commands, so ``cfmask -h`` lists them all.
 ``cfmask demo`` keeps the demo's own option definitions
 (:func:`cfmask.demo.app.build_parser`): they are copied into a jsonargparse
 parser, and the parsed values are handed back to the demo as its own argument
-list; ``cfmask demo pretrain ...`` goes straight to the pre-training command (a
-:attr:`Command.subcommands` entry). ``cfmask data`` has sub-commands of its own
-(``cfmask data check``, which takes ``-c`` and ``--print_config`` too) and is
-handed its arguments unchanged.
+list; ``cfmask demo pretrain ...`` and ``cfmask demo study ...`` go straight to the
+pre-training command and the claims study (:attr:`Command.subcommands` entries).
+``cfmask data`` has sub-commands of its own (``cfmask data check``, which takes ``-c``
+and ``--print_config`` too) and is handed its arguments unchanged.
 """
 
 from __future__ import annotations
@@ -330,6 +330,11 @@ def _run_demo_pretrain(argv: list[str]) -> int:
     return demo.main(["pretrain", *argv])
 
 
+def _run_demo_study(argv: list[str]) -> int:
+    """``cfmask demo study ...``: the claims study over data seeds and training seeds."""
+    return demo.main(["study", *argv])
+
+
 # ---------------------------------------------------------------------- data
 def _data_parser() -> ArgumentParser:
     parser = ArgumentParser(
@@ -375,7 +380,7 @@ COMMANDS: dict[str, Command] = {
             "The offline Shifted Fashion-MNIST benchmark",
             _demo_parser,
             _run_demo,
-            subcommands=(("pretrain", _run_demo_pretrain),),
+            subcommands=(("pretrain", _run_demo_pretrain), ("study", _run_demo_study)),
         ),
         Command("data", "Dataset tools: cfmask data check", _data_parser, raw=_run_data),
     )

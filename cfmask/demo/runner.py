@@ -146,7 +146,8 @@ class Profile:
     mask_every: int = 4
 
 
-#: The profiles by name, ``default`` (the benchmark) and ``quick`` (a 3-minute look).
+#: The profiles by name: ``default`` (the benchmark), ``quick`` (a 3-minute look) and
+#: ``study`` (the claims study's draws: the default recipe, half-size evaluation sets).
 PROFILES: dict[str, Profile] = {
     "default": Profile(name="default", bench=BenchmarkConfig(n_test=2000)),
     "quick": Profile(
@@ -157,6 +158,7 @@ PROFILES: dict[str, Profile] = {
         select=False,
         mask_every=2,
     ),
+    "study": Profile(name="study", bench=BenchmarkConfig(n_val=500, n_test=1000), seeds=2),
 }
 
 
@@ -529,6 +531,9 @@ class Job:
             with ``wise_alphas``) instead of training; needs ``method=None``.
         mask_quality: Measure CAM object masks against the exact masks.
         val_only: Evaluate on the ID validation split only (selection runs).
+        evaluate: Evaluate the fine-tuned model (``False`` for models that only feed
+            another job, such as a soup's ingredients; ``result`` then holds only
+            ``seconds``).
         init_state: Backbone state dict to start fine-tuning from instead of the
             pre-trained weights (LP-FT's second stage starts from the linear probe).
             A method with a frozen initial teacher would copy this state as its
@@ -543,6 +548,7 @@ class Job:
     state: Mapping[str, Tensor] | None = None
     mask_quality: bool = False
     val_only: bool = False
+    evaluate: bool = True
     init_state: Mapping[str, Tensor] | None = None
 
 
@@ -707,7 +713,7 @@ class RunContext:
                 cbs.append(_Progress(advance))
             model = self.fine_tune(job.method, job.seed, cbs, job.init_state)
             student = model.student.cpu()
-            res = self.evaluate(student, job.val_only)
+            res = self.evaluate(student, job.val_only) if job.evaluate else {}
             if fraction.mean is not None:
                 res["mask_fraction"] = round(fraction.mean, 4)
             out.result = res

@@ -495,7 +495,11 @@ def fig6_reading(per_alpha: Mapping[float, str]) -> str:
 class StudyConfig:
     """The study's design and every choice it holds fixed.
 
-    The method choices are those the default ``cfmask demo`` selected on data seed 0
+    The benchmark of every draw is the ``study`` profile's: the default run's training
+    split and recipe, with 1 000 images per test set (the default run has 2 000) to fit
+    the study in about an hour on two cores; the extra evaluation noise is part of the
+    training-seed variance the study measures. The method choices are those the
+    default ``cfmask demo`` selected on data seed 0
     (README: beta = 1 by the written rule; object and context thresholds 0.5 and random
     rate 0.75 by ID validation). The study does not select again on its draws, and its
     data seeds leave out 0, the draw those choices were made on.
@@ -523,7 +527,7 @@ class StudyConfig:
         workers: Worker processes (wall time only).
     """
 
-    profile: str = "default"
+    profile: str = "study"
     data_seeds: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
     train_seeds: int = 2
     beta: float = 1.0

@@ -73,7 +73,6 @@ from cfmask.demo.study import StudyConfig
 from cfmask.demo.teacher import pinned_torch
 
 __all__ = (
-    "STUDY_DESIGNS",
     "Cell",
     "StudyConfigMismatchError",
     "build_parser",
@@ -82,14 +81,6 @@ __all__ = (
     "run_cell",
     "run_study",
 )
-
-
-#: The study's designs by name: ``default`` (the pre-registered 6 x 2 plan on the
-#: default benchmark) and ``quick`` (2 x 2 on the quick profile's smaller benchmark).
-STUDY_DESIGNS: dict[str, StudyConfig] = {
-    "default": StudyConfig(),
-    "quick": StudyConfig(profile="quick", data_seeds=(1, 2)),
-}
 
 
 @dataclass(frozen=True)
@@ -136,8 +127,9 @@ def _methods(cfg: StudyConfig) -> dict[str, Method]:
     return out
 
 
-#: Method keys whose WiSE curve (with the pre-trained model) each cell evaluates.
-WISE_KEYS = ("vanilla", "object-single", "context-single", "random-single")
+#: Method keys whose WiSE curve (with the pre-trained model) each cell evaluates:
+#: WiSE-FT's and WiSE-Ours' (Fig. 6).
+WISE_KEYS = ("vanilla", "object-single")
 
 
 def cell_units(cfg: StudyConfig) -> int:
@@ -160,11 +152,12 @@ def run_cell(
     """Fine-tune and evaluate every method of the study on one cell.
 
     In order: the pre-trained model (zero-shot), vanilla fine-tuning (with its WiSE-FT
-    curve), the soup's other ingredients (vanilla at the other learning rates), FD, KD,
-    CAM object / CAM context / random masks (each with its WiSE curve), the exact
-    masks, the linear probe and LP-FT from it, the uniform soup (the ingredients'
-    average, evaluated), and WiSE-KD (CAM object masking plus KD from this cell's
-    WiSE-FT model at ``wise_kd_alpha``). Every run uses the cell's training seed.
+    curve), the soup's other ingredients (vanilla at the other learning rates, not
+    evaluated), FD, KD, CAM object masks (with its WiSE curve, WiSE-Ours), CAM context
+    and random masks, the exact masks, the linear probe (not evaluated) and LP-FT from
+    it, the uniform soup (the ingredients' average, evaluated), and WiSE-KD (CAM object
+    masking plus KD from this cell's WiSE-FT model at ``wise_kd_alpha``). Every run
+    uses the cell's training seed.
 
     Args:
         ctx: A run context whose benchmark is the cell's data seed.
@@ -190,6 +183,11 @@ def run_cell(
     note("zero-shot")
     states: dict[str, dict[str, torch.Tensor]] = {}
     keep = {"vanilla", "linear-probe"} | {soup_member_method(s).key for s in cfg.soup_lr_scales}
+    # Models that only feed another job are not evaluated: the probe (LP-FT starts
+    # from it) and the soup's ingredients other than the vanilla row.
+    not_scored = {"linear-probe"} | {
+        soup_member_method(s).key for s in cfg.soup_lr_scales if s != 1.0
+    }
 
     def train(method: Method, init: Mapping[str, torch.Tensor] | None = None) -> JobResult:
         job = Job(
@@ -199,10 +197,12 @@ def run_cell(
             keep_state=method.key in keep,
             wise_alphas=cfg.wise_alphas if method.key in WISE_KEYS else (),
             init_state=init,
+            evaluate=method.key not in not_scored,
         )
         res = ctx.run(job)
         assert res.result is not None
-        results[method.key] = res.result
+        if job.evaluate:
+            results[method.key] = res.result
         if res.wise:
             wise[method.key] = res.wise
         if res.state is not None:
@@ -505,12 +505,6 @@ def build_parser() -> argparse.ArgumentParser:
         "command again to continue a study that stopped.",
     )
     parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="2 data seeds x 2 training seeds on the quick profile's smaller benchmark "
-        "(a look at the pipeline, far too small for any claim)",
-    )
-    parser.add_argument(
         "--output",
         type=Path,
         default=Path("cfmask-study-output"),
@@ -559,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     console = Console(width=None if sys.stdout.isatty() else 150)
-    cfg = STUDY_DESIGNS["quick" if args.quick else "default"]
+    cfg = StudyConfig()
     changes: dict[str, Any] = {}
     if args.data_seeds is not None:
         changes["data_seeds"] = tuple(args.data_seeds)
