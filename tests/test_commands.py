@@ -168,3 +168,15 @@ def test_predict_writes_probabilities_and_top_k(tmp_path):
         order = expected[i].argsort(descending=True)
         assert [row["top1"], row["top2"]] == [names[int(order[0])], names[int(order[1])]]
         assert float(row["top1_prob"]) == pytest.approx(float(expected[i, order[0]]), abs=2e-6)
+
+
+def test_demo_study_reaches_the_study_with_its_arguments(monkeypatch, capsys):
+    seen: list[list[str]] = []
+    monkeypatch.setattr("cfmask.demo.main", lambda argv: seen.append(argv) or 0)
+    assert main(["demo", "study", "--data-seeds", "1", "2", "--workers", "1"]) == 0
+    assert seen == [["study", "--data-seeds", "1", "2", "--workers", "1"]]
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "study", "--help"])
+    assert info.value.code == 0
+    assert "claims study" in capsys.readouterr().out

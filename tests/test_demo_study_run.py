@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from cfmask.demo.app import main as demo_main
+from cfmask.demo.stats import Interval
 from cfmask.demo.study import StudyConfig, ood_at_id, wise_dominance
 from cfmask.demo.study_report import METHOD_LABELS
 from cfmask.demo.study_run import StudyConfigMismatchError, run_study
@@ -179,13 +180,17 @@ def test_matched_id_and_fig6_follow_the_written_rules(study: dict[str, Any]) -> 
             assert entry["ood_avg"]["pooled_pairs"]["mean"] == pytest.approx(
                 sum(expected) / len(expected), abs=1e-3
             )
+
     # Fig. 6: one reading per interior alpha, by the written rule.
-    from cfmask.demo.study_report import _interval
+    def interval(d: dict[str, Any]) -> Interval:
+        low = math.nan if d["ci95_low"] is None else d["ci95_low"]
+        high = math.nan if d["ci95_high"] is None else d["ci95_high"]
+        return Interval(d["mean"], low, high, d["n"])
 
     for alpha, e in payload["fig6"]["wise_ours_minus_ours"].items():
         assert float(alpha) in CFG.wise_alphas
         assert e["reading"] == wise_dominance(
-            _interval(e["id"]["across_data_seeds"]), _interval(e["ood_avg"]["across_data_seeds"])
+            interval(e["id"]["across_data_seeds"]), interval(e["ood_avg"]["across_data_seeds"])
         )
     assert payload["fig6"]["wise_ours_reading"] in ("supports", "contradicts", "unresolved")
     # The power figures are those of CAM object - FD.

@@ -36,11 +36,13 @@ from cfmask.demo.study import (
     verdict,
     wise_dominance,
 )
+from cfmask.evaluation.plotting import pyplot
 
 __all__ = (
     "METHOD_LABELS",
     "OURS",
     "analyse",
+    "interval_from_dict",
     "markdown_report",
     "ood_names",
     "plot_forest",
@@ -262,8 +264,8 @@ def analyse(records: Sequence[Record], cfg: StudyConfig, ood: Sequence[str]) -> 
 
         entry = _compare(records, wise_ours, getter(OURS), ood)
         reading = wise_dominance(
-            _interval(entry["id"]["across_data_seeds"]),
-            _interval(entry["ood_avg"]["across_data_seeds"]),
+            interval_from_dict(entry["id"]["across_data_seeds"]),
+            interval_from_dict(entry["ood_avg"]["across_data_seeds"]),
         )
         readings[float(alpha)] = reading
         per_alpha[f"{alpha:g}"] = {**entry, "reading": reading}
@@ -300,7 +302,9 @@ def analyse(records: Sequence[Record], cfg: StudyConfig, ood: Sequence[str]) -> 
     }
 
 
-def _interval(d: Mapping[str, Any]) -> Interval:
+def interval_from_dict(d: Mapping[str, Any]) -> Interval:
+    """The :class:`~cfmask.demo.stats.Interval` of an ``Interval.as_dict()`` mapping."""
+
     def num(x: Any) -> float:
         return math.nan if x is None else float(x)
 
@@ -308,10 +312,6 @@ def _interval(d: Mapping[str, Any]) -> Interval:
 
 
 # ------------------------------------------------------------------------ printing
-def _stat_text(d: Mapping[str, Any]) -> str:
-    return format_interval(d)
-
-
 def _rows(payload: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """``(name, comparison)`` rows: the pre-registered ones, then Fig. 6's WiSE-KD."""
     rows = [(c["name"], c) for c in payload["comparisons"]]
@@ -341,8 +341,8 @@ def print_report(console: Console, payload: Mapping[str, Any]) -> None:
     for row in payload["methods"].values():
         table.add_row(
             row["label"],
-            _stat_text(row["id"]["across_data_seeds"]),
-            _stat_text(row["ood_avg"]["across_data_seeds"]),
+            format_interval(row["id"]["across_data_seeds"]),
+            format_interval(row["ood_avg"]["across_data_seeds"]),
         )
     console.print(table)
     comp = Table(
@@ -355,9 +355,9 @@ def print_report(console: Console, payload: Mapping[str, Any]) -> None:
     for name, entry in _rows(payload):
         comp.add_row(
             name,
-            _stat_text(entry["id"]["across_data_seeds"]),
-            _stat_text(entry["ood_avg"]["across_data_seeds"]),
-            _stat_text(entry["ood_avg"]["pooled_pairs"]),
+            format_interval(entry["id"]["across_data_seeds"]),
+            format_interval(entry["ood_avg"]["across_data_seeds"]),
+            format_interval(entry["ood_avg"]["pooled_pairs"]),
             entry["ood_avg"]["verdict"],
         )
     console.print(comp)
@@ -461,8 +461,6 @@ def plot_forest(path: Path, payload: Mapping[str, Any]) -> None:
         path: PNG file to write.
         payload: The content of ``study.json``.
     """
-    from cfmask.evaluation.plotting import pyplot
-
     plt = pyplot()
     rows = _rows(payload)
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.2))

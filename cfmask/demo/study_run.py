@@ -316,9 +316,9 @@ class _CellWorker:
 
     def context(self, data_seed: int) -> RunContext:
         if self._ctx is None or self._ctx.bench.config.seed != data_seed:
+            self._ctx = None  # free the previous draw before building the next one
             bench_cfg = dataclasses.replace(self.profile.bench, seed=data_seed)
             bench = build_benchmark(bench_cfg, self.raw, self.profile.pretrain.pool)
-            self._ctx = None  # free the previous draw before holding the next one
             self._ctx = RunContext(self.profile, bench, self.weights)
         return self._ctx
 
