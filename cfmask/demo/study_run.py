@@ -148,6 +148,7 @@ def run_cell(
     cell: Cell,
     cfg: StudyConfig,
     advance: Callable[[str], None] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune and evaluate every method of the study on one cell.
 
@@ -164,6 +165,8 @@ def run_cell(
         cell: The cell.
         cfg: The study's choices.
         advance: Called with a method key as each unit finishes (progress).
+        on_step: Called after every training step (a worker checks there that the
+            study's main process is still alive).
 
     Returns:
         ``{"data_seed", "train_seed", "results": {key: SeedResult}, "wise": {key: [...]},
@@ -199,7 +202,7 @@ def run_cell(
             init_state=init,
             evaluate=method.key not in not_scored,
         )
-        res = ctx.run(job)
+        res = ctx.run(job, on_step)
         assert res.result is not None
         if job.evaluate:
             results[method.key] = res.result
@@ -325,28 +328,43 @@ class _CellWorker:
 
 _WORKER: _CellWorker | None = None
 _EVENTS: Any = None
+_PARENT_PID: int | None = None
 
 
 def _init_worker(
     profile: Profile, weights: Path, data_dir: Path | None, allow_install: bool, events: Any
 ) -> None:
-    global _WORKER, _EVENTS
+    global _WORKER, _EVENTS, _PARENT_PID
     import warnings
 
     warnings.filterwarnings("ignore")
+    _PARENT_PID = os.getppid()
     _WORKER = _CellWorker(profile, weights, data_dir, allow_install)
     _EVENTS = events
+
+
+def _exit_if_orphaned() -> None:
+    """End this worker when the study's main process is gone (killed, for instance).
+
+    Only the main process writes cells, so an orphaned worker's work is lost; without
+    this check it would go on through the cells already queued to it and hold the CPU
+    that the resumed study needs.
+    """
+    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
+        os._exit(1)
 
 
 def _run_cell_in_worker(cell: Cell, cfg: StudyConfig) -> dict[str, Any]:
     if _WORKER is None:  # pragma: no cover - the initializer always ran
         raise RuntimeError("worker not initialised")
+    _exit_if_orphaned()
 
     def advance(key: str) -> None:
+        _exit_if_orphaned()
         if _EVENTS is not None:
             _EVENTS.put((cell.name, key))
 
-    return run_cell(_WORKER.context(cell.data_seed), cell, cfg, advance)
+    return run_cell(_WORKER.context(cell.data_seed), cell, cfg, advance, _exit_if_orphaned)
 
 
 def _iter_cell_results(
