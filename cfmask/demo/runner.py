@@ -146,8 +146,8 @@ class Profile:
     mask_every: int = 4
 
 
-#: The profiles by name: ``default`` (the benchmark), ``quick`` (a 3-minute look) and
-#: ``study`` (the claims study's draws: the default recipe, half-size evaluation sets).
+#: The profiles by name, ``default`` (the benchmark), ``quick`` (a 3-minute look) and
+#: ``study`` (the claims study's draws, with the default recipe and half-size test sets).
 PROFILES: dict[str, Profile] = {
     "default": Profile(name="default", bench=BenchmarkConfig(n_test=2000)),
     "quick": Profile(

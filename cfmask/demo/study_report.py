@@ -50,7 +50,7 @@ __all__ = (
     "write_outputs",
 )
 
-#: The study's "Ours" for Fig. 6 and WiSE-KD: CAM object masking, the paper's method.
+#: The study's "Ours" for Fig. 6 and WiSE-KD, CAM object masking (the paper's method).
 OURS = "object-single"
 
 #: Display names of the methods of the study's table, in table order.
