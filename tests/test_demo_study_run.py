@@ -57,6 +57,18 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     mp.undo()
 
 
+def _rerun(study: dict[str, Any], out: Path, cfg: StudyConfig = CFG) -> dict[str, Any]:
+    """Run the tiny study again into ``out`` (resuming whatever cells it holds)."""
+    return run_study(
+        cfg,
+        out,
+        study["root"] / "data",
+        allow_install=False,
+        weights=study["weights"],
+        profile=tiny_profile(),
+    )
+
+
 def _ood(result: dict[str, Any]) -> float:
     return sum(result["ood"][k] for k in OOD) / len(OOD)
 
@@ -209,14 +221,7 @@ def test_resume_runs_only_missing_cells_and_gives_the_same_table(
     (out / "cells" / "d2-s1.json").unlink()  # the cell that was running when killed
     (out / "cells" / "d2-s1.json.tmp").write_text('{"data_seed": 2, "tra')  # half-written
     (out / "study.json").unlink()
-    payload = run_study(
-        CFG,
-        out,
-        study["root"] / "data",
-        allow_install=False,
-        weights=study["weights"],
-        profile=tiny_profile(),
-    )
+    payload = _rerun(study, out)
     assert payload["timings"]["cells_run_now"] == 1
     assert payload["timings"]["cells_resumed"] == 3
     assert _without_timings(payload) == _without_timings(study["payload"])
@@ -229,14 +234,7 @@ def test_a_folder_of_another_study_is_refused(study: dict[str, Any], tmp_path: P
     out = tmp_path / "other"
     shutil.copytree(study["out"], out)
     with pytest.raises(StudyConfigMismatchError, match="differs in: study"):
-        run_study(
-            dataclasses.replace(CFG, beta=3.0),
-            out,
-            study["root"] / "data",
-            allow_install=False,
-            weights=study["weights"],
-            profile=tiny_profile(),
-        )
+        _rerun(study, out, dataclasses.replace(CFG, beta=3.0))
 
 
 def test_design_errors_name_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -306,14 +304,7 @@ def test_sigkill_half_way_then_resume_gives_the_same_table(
     proc.wait()
     done = len(list((out / "cells").glob("*.json")))
     assert 2 <= done < 4
-    payload = run_study(
-        CFG,
-        out,
-        study["root"] / "data",
-        allow_install=False,
-        weights=study["weights"],
-        profile=tiny_profile(),
-    )
+    payload = _rerun(study, out)
     assert payload["timings"]["cells_resumed"] == done
     assert _without_timings(payload) == _without_timings(study["payload"])
     assert not math.isnan(payload["power"]["within_sd"])
