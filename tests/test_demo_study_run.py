@@ -230,6 +230,22 @@ def test_resume_runs_only_missing_cells_and_gives_the_same_table(
     assert _no_seconds(rerun) == _no_seconds(first)
 
 
+def test_more_training_seeds_reuse_the_finished_cells(
+    study: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "extended"
+    shutil.copytree(study["out"], out)
+    before = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    payload = _rerun(study, out, dataclasses.replace(CFG, train_seeds=3))
+    assert payload["timings"]["cells_run_now"] == 2  # d1-s2 and d2-s2
+    assert payload["timings"]["cells_resumed"] == 4
+    assert {p.name: p.read_bytes() for p in (out / "cells").glob("*.json") if p.name in before} == (
+        before
+    )
+    head = next(r for r in payload["comparisons"] if r["name"] == "CAM object - FD")
+    assert head["ood_avg"]["pooled_pairs"]["n"] == 6
+
+
 def test_a_folder_of_another_study_is_refused(study: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "other"
     shutil.copytree(study["out"], out)

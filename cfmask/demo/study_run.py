@@ -9,10 +9,12 @@ count nor on which worker ran it.
 
 Every finished cell is written to ``<output>/cells/d<d>-s<s>.json`` at once (write to
 a temporary file, then rename), next to ``<output>/study-config.json``, which records
-everything that sets the numbers (study design, profile, weights hash). A second run
-with the same output folder reads the finished cells and runs only the missing ones,
-so a study killed half-way continues where it stopped (a cell that was running when
-it was killed starts again). A folder written with another configuration is refused.
+everything that sets a cell's numbers (study choices, profile, weights hash; not the
+seed counts). A second run with the same output folder reads the finished cells and
+runs only the missing ones, so a study killed half-way continues where it stopped (a
+cell that was running when it was killed starts again), and a study extended with
+more data or training seeds runs only the new cells. A folder written with other
+choices is refused.
 The choices that the study does not re-select (beta, the CAM thresholds, the random
 rate, the KD settings) are fixed in :class:`StudyConfig`; the analysis is
 :mod:`cfmask.demo.study` and :mod:`cfmask.demo.study_report`.
@@ -242,10 +244,15 @@ def run_cell(
 
 
 # --------------------------------------------------------------------- resume files
+#: Settings that say which cells a study has or how fast it runs, not what a cell
+#: computes: a folder's finished cells serve a study with more (or fewer) seeds.
+_NOT_IN_A_CELL = frozenset({"workers", "data_seeds", "train_seeds", "seeds"})
+
+
 def _fingerprint(cfg: StudyConfig, profile: Profile, weights_sha256: str) -> dict[str, Any]:
-    """Everything that sets a cell's numbers (the worker count does not)."""
-    design = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"}
-    prof = {k: v for k, v in dataclasses.asdict(profile).items() if k != "workers"}
+    """Everything that sets a cell's numbers (the seed counts and workers do not)."""
+    design = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_A_CELL}
+    prof = {k: v for k, v in dataclasses.asdict(profile).items() if k not in _NOT_IN_A_CELL}
     # Through JSON, so that it compares equal to the stored copy (tuples become lists).
     out: dict[str, Any] = json.loads(
         json.dumps({"study": design, "profile": prof, "weights_sha256": weights_sha256})
